@@ -16,7 +16,7 @@ _EXPORTS = {
     "LayerTrace": "deeparc_pl.taps",
     "linear_cka": "deeparc_pl.similarity.functional",
     "CKAMatrix": "deeparc_pl.similarity.metric",
-    "CKACallback": "deeparc_pl.similarity.callback",
+    "CKACallback": "deeparc_pl.architecture.callback",
     "partition": "deeparc_pl.architecture.partition",
     "SemanticArchitecture": "deeparc_pl.architecture.semantic",
     "modularize": "deeparc_pl.architecture.modularize",

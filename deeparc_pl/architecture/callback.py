@@ -1,0 +1,177 @@
+"""``CKACallback``: measure the layer-similarity matrix during a Lightning validation or predict
+loop, on any number of devices, and publish the semantic architecture at the end of the epoch.
+
+It lives in ``architecture/`` (not ``similarity/``) because it publishes an architecture: the
+similarity package stays free of partition logic and nothing imports upward."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from ..similarity.stream import ActivationStream
+from .partition import validate_threshold
+from .semantic import SemanticArchitecture
+
+__all__ = ["CKACallback", "padding_mask"]
+
+
+def padding_mask(sampler: Any, seen: int, batch: int, device: torch.device | None = None) -> torch.Tensor | None:
+    """Which of a batch's samples are real, not the duplicates a padded ``DistributedSampler`` adds.
+
+    ``DistributedSampler(drop_last=False)`` repeats the first indices so every rank gets the same
+    count; rank ``r``'s ``i``-th sample sits at position ``r + world * i`` of the padded order, and
+    positions ``>= len(dataset)`` are repeats. Returns None when nothing can be padding.
+    """
+    if not isinstance(sampler, DistributedSampler) or getattr(sampler, "drop_last", False):
+        return None
+    total = len(sampler.dataset)
+    world, rank = sampler.num_replicas, sampler.rank
+    positions = rank + world * torch.arange(seen, seen + batch, device=device)
+    keep = positions < total
+    return None if bool(keep.all()) else keep
+
+
+def _unwrap(pl_module: pl.LightningModule, attr: str | None) -> nn.Module:
+    if attr:
+        return getattr(pl_module, attr)
+    inner = getattr(pl_module, "model", None)
+    return inner if isinstance(inner, nn.Module) else pl_module
+
+
+class CKACallback(pl.Callback):
+    """Stream tapped activations of the validation (or predict) loop into a ``CKAMatrix``.
+
+    >>> cb = CKACallback(layers=None, threshold=0.99)
+    >>> pl.Trainer(callbacks=[cb]).validate(Classifier(model), datamodule=dm)
+    >>> cb.architecture.modules
+
+    ``layers`` are module names of the wrapped network (``pl_module.model`` when present, else
+    the LightningModule itself; ``model_attr`` names another attribute). During ``fit`` it runs on
+    every validation epoch (``every_n_epochs``) so modules can be watched forming; ``history``
+    keeps (epoch, modularity, number of modules). Under DDP the metric's sum states are reduced
+    across processes and padded duplicates are dropped, so the matrix equals one process's.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[str] | None = None,
+        threshold: float = 0.99,
+        method: str = "progressive",
+        estimator: str = "minibatch",
+        stages: Sequence[str] = ("validate", "predict"),
+        every_n_epochs: int = 1,
+        model_attr: str | None = None,
+        log_heatmap: bool = True,
+    ) -> None:
+        self.layers = list(layers) if layers is not None else None
+        self.threshold = validate_threshold(threshold)
+        self.method = method
+        self.estimator = estimator
+        self.stages = tuple(stages)
+        self.every_n_epochs = int(every_n_epochs)
+        self.model_attr = model_attr
+        self.log_heatmap = log_heatmap
+        self.similarity: np.ndarray | None = None
+        self.architecture = None
+        self.history: list[dict[str, Any]] = []
+        self._stream: ActivationStream | None = None
+        self._seen = 0
+
+    # -- state for resumption ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
+    # -- shared plumbing -----------------------------------------------------------------------
+    def _active(self, trainer: pl.Trainer, stage: str) -> bool:
+        if stage not in self.stages or trainer.sanity_checking:
+            return False
+        return stage != "validate" or trainer.current_epoch % max(self.every_n_epochs, 1) == 0 or not trainer.training
+
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stream = ActivationStream(_unwrap(pl_module, self.model_attr), self.layers, self.estimator)
+        self._stream.to(pl_module.device).__enter__()
+        self._seen = 0
+
+    def _batch(self, trainer: pl.Trainer, batch: Any, dataloader: Any) -> None:
+        if self._stream is None:
+            return
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        n = int(x.shape[0])
+        sampler = getattr(getattr(dataloader, "batch_sampler", None), "sampler", None) or getattr(dataloader, "sampler", None)
+        keep = padding_mask(sampler, self._seen, n, device=x.device)
+        self._seen += n
+        self._stream.update(keep)
+
+    def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        stream.__exit__(None, None, None)
+        sim = stream.compute().detach().cpu().numpy()
+        self.similarity = sim
+        self.architecture = SemanticArchitecture.from_similarity(
+            stream.names, sim, self.threshold, self.method, self.estimator,
+            meta={"stage": stage, "epoch": int(trainer.current_epoch), "skipped_samples": stream.skipped_samples},
+        )
+        record = {
+            "epoch": int(trainer.current_epoch),
+            "modularity": self.architecture.modularity,
+            "num_modules": self.architecture.num_modules,
+        }
+        self.history.append(record)
+        self._log(trainer, record)
+
+    @rank_zero_only
+    def _log(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics({"cka/modularity": record["modularity"], "cka/num_modules": record["num_modules"]},
+                               step=trainer.global_step)
+            if self.log_heatmap and type(logger).__name__ == "WandbLogger":
+                from .plots import plot_similarity
+
+                path = Path(tempfile.mkdtemp()) / "similarity.png"
+                plot_similarity(self.architecture, path)
+                logger.log_image(key="cka/similarity", images=[str(path)], step=trainer.global_step)
+
+    def _loader(self, trainer: pl.Trainer, stage: str, dataloader_idx: int) -> Any:
+        loaders = trainer.val_dataloaders if stage == "validate" else trainer.predict_dataloaders
+        if isinstance(loaders, (list, tuple)):
+            return loaders[dataloader_idx]
+        return loaders
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._active(trainer, "validate"):
+            self._start(trainer, pl_module)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batch(trainer, batch, self._loader(trainer, "validate", dataloader_idx))
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end(trainer, pl_module, "validate")
+
+    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._active(trainer, "predict"):
+            self._start(trainer, pl_module)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batch(trainer, batch, self._loader(trainer, "predict", dataloader_idx))
+
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end(trainer, pl_module, "predict")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._stream is not None:
+            self._stream.__exit__(None, None, None)
+            self._stream = None

@@ -1,0 +1,187 @@
+"""``SemanticArchitecture``: the modules of a network, with the evidence they were drawn from."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..fileio import write_json
+from .partition import partition, validate_similarity, validate_threshold
+
+__all__ = ["SemanticArchitecture", "FORMAT"]
+
+FORMAT = "deeparc_pl.semantic_architecture/v1"
+
+
+@dataclass
+class SemanticArchitecture:
+    """Layer names, their similarity matrix and the partition of the layers into modules.
+
+    ``modules`` are lists of layer names in model order; ``similarity[i, j]`` is the similarity
+    of layers ``i`` and ``j`` (CKA under ``estimator``). ``meta`` records how it was measured
+    (model, data, samples, batch size, passes, seed).
+    """
+
+    layer_names: list[str]
+    modules: list[list[str]]
+    similarity: np.ndarray
+    threshold: float
+    method: str
+    estimator: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.similarity = validate_similarity(self.similarity)
+        self.threshold = validate_threshold(self.threshold)
+        n = len(self.layer_names)
+        if self.similarity.shape != (n, n):
+            raise ValueError(f"similarity is {self.similarity.shape} but there are {n} layer names")
+        flat = [name for mod in self.modules for name in mod]
+        if flat != list(self.layer_names):
+            raise ValueError("modules must cover every layer exactly once, in order")
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_similarity(
+        cls,
+        layer_names: Sequence[str],
+        similarity,
+        threshold: float = 0.99,
+        method: str = "progressive",
+        estimator: str = "minibatch",
+        meta: dict[str, Any] | None = None,
+    ) -> "SemanticArchitecture":
+        sim = validate_similarity(similarity)
+        names = list(layer_names)
+        groups = partition(sim, threshold, method)
+        return cls(names, [[names[i] for i in g] for g in groups], sim, threshold, method, estimator, dict(meta or {}))
+
+    def repartition(self, threshold: float | None = None, method: str | None = None) -> "SemanticArchitecture":
+        """The same measurements, partitioned again (threshold sweeps need no new forward passes)."""
+        return SemanticArchitecture.from_similarity(
+            self.layer_names,
+            self.similarity,
+            self.threshold if threshold is None else threshold,
+            self.method if method is None else method,
+            self.estimator,
+            self.meta,
+        )
+
+    # -- views ---------------------------------------------------------------------------------
+    @property
+    def module_indices(self) -> list[list[int]]:
+        pos = {n: i for i, n in enumerate(self.layer_names)}
+        return [[pos[n] for n in mod] for mod in self.modules]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_names)
+
+    @property
+    def num_modules(self) -> int:
+        return len(self.modules)
+
+    @property
+    def multi_layer_modules(self) -> list[list[str]]:
+        return [m for m in self.modules if len(m) > 1]
+
+    @property
+    def num_multi_layer_modules(self) -> int:
+        return len(self.multi_layer_modules)
+
+    @property
+    def num_single_layer_modules(self) -> int:
+        return self.num_modules - self.num_multi_layer_modules
+
+    @property
+    def modularity(self) -> float:
+        """Y = layers in multi-layer modules / all layers (paper RQ1); Y >= 1/4 is "high"."""
+        return sum(len(m) for m in self.multi_layer_modules) / self.num_layers
+
+    def module_of(self, layer: str | int) -> int:
+        """Index of the module holding a layer (by name or index)."""
+        name = self.layer_names[layer] if isinstance(layer, int) else layer
+        for k, mod in enumerate(self.modules):
+            if name in mod:
+                return k
+        raise KeyError(f"layer {layer!r} is not in this architecture; layers: {self.layer_names}")
+
+    def module_similarity(self, k: int) -> float:
+        idx = self.module_indices[k]
+        if len(idx) < 2:
+            return 0.0
+        return float(np.mean([self.similarity[a, b] for a, b in zip(idx[:-1], idx[1:])]))
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """One row per module, for tables."""
+        rows = []
+        for k, (mod, idx) in enumerate(zip(self.modules, self.module_indices)):
+            rows.append(
+                {
+                    "module": k,
+                    "layers": f"{idx[0]}-{idx[-1]}" if len(idx) > 1 else f"{idx[0]}",
+                    "size": len(mod),
+                    "first": mod[0],
+                    "last": mod[-1],
+                    "sim_module": round(self.module_similarity(k), 6),
+                }
+            )
+        return rows
+
+    # -- persistence ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "layer_names": list(self.layer_names),
+            "modules": [list(m) for m in self.modules],
+            "similarity": self.similarity.tolist(),
+            "threshold": self.threshold,
+            "method": self.method,
+            "estimator": self.estimator,
+            "modularity": self.modularity,
+            "num_modules": self.num_modules,
+            "num_multi_layer_modules": self.num_multi_layer_modules,
+            "meta": self.meta,
+        }
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the documented JSON atomically (never over an existing file unless ``overwrite``)."""
+        return write_json(path, self.to_dict(), overwrite=overwrite)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "SemanticArchitecture":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{source} is not a deeparc_pl semantic architecture (expected format {FORMAT!r})")
+        try:
+            return cls(
+                list(data["layer_names"]),
+                [list(m) for m in data["modules"]],
+                np.asarray(data["similarity"], dtype=np.float64),
+                float(data["threshold"]),
+                str(data["method"]),
+                str(data["estimator"]),
+                dict(data.get("meta", {})),
+            )
+        except KeyError as exc:
+            raise ValueError(f"{source} lacks the field {exc.args[0]!r}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SemanticArchitecture":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no architecture file at {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        return cls.from_dict(data, str(path))
+
+    def __repr__(self) -> str:
+        return (
+            f"SemanticArchitecture({self.num_layers} layers, {self.num_modules} modules, "
+            f"{self.num_multi_layer_modules} multi-layer, modularity={self.modularity:.3f}, "
+            f"threshold={self.threshold}, method={self.method!r}, estimator={self.estimator!r})"
+        )

@@ -1,0 +1,116 @@
+"""``deeparc modularize``: model + data -> semantic architecture (the README's main job)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Subset
+
+from ..architecture.callback import CKACallback
+from ..architecture.plots import plot_modularity_sweep, plot_module_sizes, plot_similarity
+from ..data.samplers import ShuffledPasses
+from ..fileio import write_json
+from ..training import Classifier
+from .common import console, make_datamodule, make_model, make_trainer, out_dir, plain, print_table
+from .train import train_model
+
+__all__ = ["run", "parse_sweep", "cka_loader", "obtain_model"]
+
+DEFAULT_MODEL = "resnet20"
+
+
+def parse_sweep(spec: Any) -> list[float]:
+    """'0.90:0.99:0.01' -> [0.90, 0.91, ..., 0.99] (inclusive); a list is taken as is."""
+    if spec is None:
+        return []
+    if isinstance(spec, (list, tuple)) or hasattr(spec, "__iter__") and not isinstance(spec, str):
+        return [float(v) for v in spec]
+    parts = str(spec).split(":")
+    if len(parts) != 3:
+        raise ValueError(f"thresholds must be 'start:stop:step', got {spec!r}")
+    start, stop, step = (float(p) for p in parts)
+    if step <= 0 or stop < start:
+        raise ValueError(f"thresholds {spec!r}: need start <= stop and step > 0")
+    count = int(round((stop - start) / step)) + 1
+    return [round(start + i * step, 10) for i in range(count)]
+
+
+def obtain_model(cfg: DictConfig, dm: Any, overwrite: bool = False):
+    """The model to analyse: loaded from ``model.weights``, or trained on the fly (built-in default)."""
+    if cfg.model.weights:
+        model, _ = make_model(cfg, dm)
+        return model
+    if not cfg.model.name:
+        cfg.model.name = DEFAULT_MODEL
+    model, _ = make_model(cfg, dm)
+    epochs = int(cfg.get("default", {}).get("epochs", 4))
+    console.print(f"[bold]no model.weights given:[/bold] training {cfg.model.name} on {cfg.data.name} for {epochs} epochs")
+    metrics = train_model(cfg, dm, model, epochs=epochs)
+    console.print(f"test accuracy of the trained model: {metrics.get('test_acc', float('nan')):.4f}")
+    from ..models.checkpoint import save_checkpoint
+
+    path = out_dir(cfg, "modularize") / "model.ckpt"
+    if overwrite or not path.exists():
+        save_checkpoint(path, model, info={"data": str(cfg.data.name), **metrics}, overwrite=overwrite)
+        console.print(f"wrote {path}")
+    return model
+
+
+def cka_loader(cfg: DictConfig, dm: Any) -> DataLoader:
+    dm.setup("fit")
+    dm.setup("test")
+    split = str(cfg.cka.split)
+    sets = {"test": dm.test_set, "train": dm.train_set, "val": dm.val_set}
+    if split not in sets:
+        raise ValueError(f"cka.split must be one of {sorted(sets)}, got {split!r}")
+    ds = sets[split]
+    if cfg.cka.samples:
+        ds = Subset(ds, range(min(int(cfg.cka.samples), len(ds))))
+    if len(ds) == 0:
+        raise ValueError(f"the {split} split is empty")
+    sampler = ShuffledPasses(ds, passes=int(cfg.cka.passes), seed=int(cfg.seed))
+    return DataLoader(ds, batch_size=int(cfg.cka.batch_size), sampler=sampler)
+
+
+def run(cfg: DictConfig, overwrite: bool = False) -> Path:
+    pl.seed_everything(int(cfg.seed), workers=True)
+    dm = make_datamodule(cfg)
+    model = obtain_model(cfg, dm, overwrite)
+    loader = cka_loader(cfg, dm)
+    callback = CKACallback(
+        layers=plain(cfg.model.layers), threshold=float(cfg.threshold), method=str(cfg.method),
+        estimator=str(cfg.cka.estimator), stages=("predict",),
+    )
+    trainer = make_trainer(cfg, "modularize", callbacks=[callback])
+    trainer.predict(Classifier(model, num_classes=dm.num_classes), dataloaders=loader, return_predictions=False)
+    arch = callback.architecture
+    arch.meta.update({"model": str(cfg.model.name or ""), "weights": str(cfg.model.weights or ""),
+                      "data": str(cfg.data.name), "split": str(cfg.cka.split), "batch_size": int(cfg.cka.batch_size),
+                      "passes": int(cfg.cka.passes), "seed": int(cfg.seed)})
+    if trainer.global_rank != 0:
+        return Path(str(cfg.out))
+    out = out_dir(cfg, "modularize")
+    arch.save(out / "architecture.json", overwrite=overwrite)
+    plot_similarity(arch, out / "similarity.png", overwrite=overwrite)
+    plot_module_sizes(arch, out / "modules.png", overwrite=overwrite)
+    print_table(f"semantic architecture of {arch.meta['model']} ({arch.num_layers} layers)", arch.summary_rows())
+    console.print(
+        f"[bold]modules[/bold] {arch.num_modules} ({arch.num_multi_layer_modules} multi-layer)   "
+        f"[bold]modularity Y[/bold] {arch.modularity:.3f}   threshold {arch.threshold} ({arch.method}, {arch.estimator})"
+    )
+    sweep = parse_sweep(plain(cfg.get("thresholds")))
+    if sweep:
+        rows = []
+        for th in sweep:
+            a = arch.repartition(threshold=th)
+            rows.append({"threshold": th, "modularity": a.modularity, "modules": a.num_modules,
+                         "multi_layer_modules": a.num_multi_layer_modules})
+        print_table("modularity by threshold", rows)
+        write_json(out / "sweep.json", rows, overwrite=overwrite)
+        plot_modularity_sweep([r["threshold"] for r in rows], [r["modularity"] for r in rows],
+                              out / "modularity.png", overwrite=overwrite)
+    console.print(f"wrote {out / 'architecture.json'}, {out / 'similarity.png'}, {out / 'modules.png'}")
+    return out / "architecture.json"

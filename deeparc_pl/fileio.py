@@ -1,0 +1,46 @@
+"""Atomic, non-clobbering file writes: nothing the user has is ever overwritten by accident."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["atomic_write", "write_json", "write_text", "check_writable"]
+
+
+def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse to replace an existing file unless ``overwrite``; create the parent folder."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[str], None], overwrite: bool = False) -> Path:
+    """Call ``writer(tmp_path)`` on a temporary file next to ``path``, then move it into place."""
+    path = check_writable(path, overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
+    def w(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    return atomic_write(path, w, overwrite)
+
+
+def write_json(path: str | os.PathLike, obj: Any, overwrite: bool = False) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", overwrite)

@@ -1,0 +1,72 @@
+"""Stream tapped activations into a ``CKAMatrix`` batch by batch; shared by ``modularize`` and
+``CKACallback`` so both compute the matrix the same way."""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..taps import LayerTaps
+from .metric import CKAMatrix
+
+__all__ = ["ActivationStream", "MIN_BATCH"]
+
+#: The unbiased HSIC estimator divides by n - 3.
+MIN_BATCH = {"minibatch": 4, "paper": 1, "exact": 1}
+
+
+class ActivationStream:
+    """Taps ``layers`` of ``model`` and feeds each forward pass's outputs to a ``CKAMatrix``.
+
+    Use as a context manager around the forward passes; call ``update()`` after each one.
+    Batches smaller than the estimator allows (a ragged last batch of 1-3 samples for
+    ``minibatch``) are skipped with a warning and counted in ``skipped_samples``.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None, estimator: str = "minibatch") -> None:
+        self.taps = LayerTaps(model, layers)
+        self.names = self.taps.names
+        if len(self.names) < 2:
+            raise ValueError(f"need at least 2 layers to compare, got {self.names}")
+        self.estimator = estimator
+        self.metric = CKAMatrix(self.names, estimator=estimator)
+        self.skipped_samples = 0
+        self.batches = 0
+
+    def to(self, device: torch.device | str) -> "ActivationStream":
+        self.metric = self.metric.to(device)
+        return self
+
+    def __enter__(self) -> "ActivationStream":
+        self.taps.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.taps.remove()
+
+    def update(self, keep: torch.Tensor | None = None) -> None:
+        feats = self.taps.outputs
+        for name, f in zip(self.names, feats):
+            if not isinstance(f, torch.Tensor):
+                raise TypeError(f"layer {name!r} returned {type(f).__name__}, not a tensor; tap a module that returns one")
+        n = int(keep.sum()) if keep is not None else int(feats[0].shape[0])
+        if n < MIN_BATCH.get(self.estimator, 1):
+            self.skipped_samples += n
+            warnings.warn(
+                f"skipped a batch of {n} samples: the {self.estimator!r} estimator needs at least "
+                f"{MIN_BATCH[self.estimator]} per batch",
+                stacklevel=2,
+            )
+            return
+        self.metric.update(feats, keep=keep)
+        self.batches += 1
+
+    def compute(self) -> torch.Tensor:
+        return self.metric.compute()
+
+    def reset(self) -> None:
+        self.metric.reset()
+        self.skipped_samples = 0
+        self.batches = 0
