@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["SHARED_KEYS", "COMMAND_KEYS", "build_config", "describe_keys"]
+__all__ = ["SHARED_KEYS", "command_keys", "keys_for", "build_config", "describe_keys"]
 
 # key -> (default, help)
 SHARED_KEYS: dict[str, tuple[Any, str]] = {
@@ -37,26 +37,12 @@ SHARED_KEYS: dict[str, tuple[Any, str]] = {
     "trainer.log_every_n_steps": (10, "Lightning logging interval"),
 }
 
-COMMAND_KEYS: dict[str, dict[str, tuple[Any, str]]] = {
-    "train": {
-        "train.optimizer": ("sgd", "sgd (momentum, cosine decay; the authors' recipe) or adam"),
-        "train.lr": (0.05, "learning rate"),
-        "train.momentum": (0.9, "SGD momentum"),
-        "train.weight_decay": (5e-4, "L2 weight decay"),
-        "checkpoint": (None, "where to write the trained checkpoint (default: {out}/model.ckpt)"),
-    },
-    "modularize": {
-        "threshold": (0.99, "similarity threshold th_s in (0, 1]"),
-        "thresholds": (None, "sweep 'start:stop:step' (e.g. 0.90:0.99:0.01): modularity per threshold + plot"),
-        "method": ("progressive", "progressive (Algorithm 1), adjacent (authors' code) or optimal (exact Eq. 4)"),
-        "cka.estimator": ("minibatch", "minibatch (unbiased HSIC_1, default), exact or paper (Eq. 1-2 as printed)"),
-        "cka.batch_size": (256, "batch size of the CKA passes (authors: 256)"),
-        "cka.passes": (1, "shuffled passes over the data (authors: 10)"),
-        "cka.split": ("test", "which split feeds the CKA: test, train or val"),
-        "cka.samples": (None, "use only the first N samples of that split"),
-        "default.epochs": (4, "built-in default: epochs to train the demo model when no weights are given"),
-    },
-}
+def command_keys(command: str) -> dict[str, tuple[Any, str]]:
+    """The keys a command adds: its CLI module's ``KEYS`` dict (key -> (default, help))."""
+    from .main import command_module
+
+    module = command_module(command)
+    return dict(getattr(module, "KEYS", {}) or {})
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +57,7 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def keys_for(command: str) -> dict[str, tuple[Any, str]]:
-    return {**SHARED_KEYS, **COMMAND_KEYS.get(command, {})}
+    return {**SHARED_KEYS, **command_keys(command)}
 
 
 def build_config(command: str, config_path: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:

@@ -5,6 +5,9 @@ from omegaconf import DictConfig
 
 from .common import console
 
+HELP_MODELS = "list the model zoo"
+HELP_PRUNERS = "list the installed pruner plugins (entry-point group deeparc_pl.pruners)"
+
 
 def run_models(cfg: DictConfig, overwrite: bool = False) -> None:
     from ..models import available

@@ -17,7 +17,20 @@ from ..training import Classifier
 from .common import console, make_datamodule, make_model, make_trainer, out_dir, plain, print_table
 from .train import train_model
 
-__all__ = ["run", "parse_sweep", "cka_loader", "obtain_model"]
+__all__ = ["run", "parse_sweep", "cka_loader", "obtain_model", "KEYS", "HELP"]
+
+HELP = "layer similarity (CKA) + semantic modules -> architecture.json, similarity.png, modules.png"
+KEYS = {
+    "threshold": (0.99, "similarity threshold th_s in (0, 1]"),
+    "thresholds": (None, "sweep 'start:stop:step' (e.g. 0.90:0.99:0.01): modularity per threshold + plot"),
+    "method": ("progressive", "progressive (Algorithm 1), adjacent (authors' code) or optimal (exact Eq. 4)"),
+    "cka.estimator": ("minibatch", "minibatch (unbiased HSIC_1, default), exact or paper (Eq. 1-2 as printed)"),
+    "cka.batch_size": (256, "batch size of the CKA passes (authors: 256)"),
+    "cka.passes": (1, "shuffled passes over the data (authors: 10)"),
+    "cka.split": ("test", "which split feeds the CKA: test, train or val"),
+    "cka.samples": (None, "use only the first N samples of that split"),
+    "default.epochs": (4, "built-in default: epochs to train the demo model when no weights are given"),
+}
 
 DEFAULT_MODEL = "resnet20"
 

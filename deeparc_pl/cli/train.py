@@ -11,7 +11,16 @@ from torch import nn
 from ..training import Classifier
 from .common import console, make_datamodule, make_model, make_trainer
 
-__all__ = ["run", "train_model"]
+__all__ = ["run", "train_model", "KEYS", "HELP"]
+
+HELP = "train a zoo or user model on a data set and write a checkpoint"
+KEYS = {
+    "train.optimizer": ("sgd", "sgd (momentum, cosine decay; the authors' recipe) or adam"),
+    "train.lr": (0.05, "learning rate"),
+    "train.momentum": (0.9, "SGD momentum"),
+    "train.weight_decay": (5e-4, "L2 weight decay"),
+    "checkpoint": (None, "where to write the trained checkpoint (default: {out}/model.ckpt)"),
+}
 
 
 def train_model(cfg: DictConfig, dm: Any, model: nn.Module, epochs: int | None = None) -> dict[str, float]:
