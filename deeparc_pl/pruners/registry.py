@@ -1,0 +1,116 @@
+"""Find pruners: entry points of the group ``deeparc_pl.pruners`` plus in-process registrations.
+
+Plugins are discovered lazily (Lightning / timm style): :func:`available` reads only package metadata;
+a plugin's module is imported when :func:`get` asks for it. A name claimed twice -- by two
+distributions, or by a distribution and :func:`register_pruner` -- is an error naming both claimants,
+never a silent override.
+"""
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Callable, TypeVar, Union
+
+from deeparc_pl.pruners.protocol import Pruner
+
+__all__ = ["GROUP", "DuplicatePrunerError", "available", "get", "register_pruner", "unregister_pruner"]
+
+GROUP = "deeparc_pl.pruners"
+
+# In-process registrations (timm's register_model idea); explicit and inspectable via available().
+_REGISTERED: dict[str, type] = {}
+
+T = TypeVar("T", bound=type)
+
+
+class DuplicatePrunerError(ValueError):
+    """Two sources register the same pruner name."""
+
+
+def _source(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"{dist.name if dist is not None else '<unknown distribution>'} ({ep.value})"
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=GROUP):
+        prev = found.get(ep.name)
+        if prev is None:
+            found[ep.name] = ep
+        elif _source(prev) != _source(ep):
+            raise DuplicatePrunerError(
+                f"pruner name {ep.name!r} is registered twice in entry-point group {GROUP!r}: "
+                f"by {_source(prev)} and by {_source(ep)}; uninstall or rename one"
+            )
+    clash = sorted(set(found) & set(_REGISTERED))
+    if clash:
+        name = clash[0]
+        raise DuplicatePrunerError(
+            f"pruner name {name!r} is registered both by {_source(found[name])} and in-process by "
+            f"{_REGISTERED[name].__module__}.{_REGISTERED[name].__qualname__}"
+        )
+    return found
+
+
+def available() -> list[str]:
+    """Sorted names of all installed and registered pruners (imports no plugin code)."""
+    return sorted(set(_entry_points()) | set(_REGISTERED))
+
+
+def get(name: str) -> Pruner:
+    """Instantiate the pruner registered as ``name`` with no arguments."""
+    if not isinstance(name, str):
+        raise TypeError(f"pruner name must be a str, got {type(name).__name__}")
+    eps = _entry_points()
+    if name in _REGISTERED:
+        cls = _REGISTERED[name]
+    elif name in eps:
+        cls = eps[name].load()
+    else:
+        raise KeyError(f"unknown pruner {name!r}; installed pruners: {', '.join(available()) or '(none)'}")
+    if not callable(cls):
+        raise TypeError(f"entry point for pruner {name!r} is not a class or factory: {cls!r}")
+    pruner = cls()
+    if not isinstance(pruner, Pruner):
+        raise TypeError(
+            f"pruner {name!r} ({cls!r}) does not follow the Pruner protocol (needs `name` and `prune(model, sparsity)`)"
+        )
+    return pruner
+
+
+def register_pruner(name: Union[str, T, None] = None) -> Union[T, Callable[[T], T]]:
+    """Class decorator registering an in-process pruner, by ``name`` or the class's ``name`` attribute::
+
+        @register_pruner("random")
+        class RandomPruner(ScoredPruner): ...
+
+    Registering a name that is already taken raises :class:`DuplicatePrunerError`.
+    """
+
+    def deco(cls: T) -> T:
+        key = name if isinstance(name, str) else getattr(cls, "name", None)
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"cannot register {cls!r}: give a name or set a `name` class attribute")
+        if key in _REGISTERED:
+            prev = _REGISTERED[key]
+            raise DuplicatePrunerError(
+                f"pruner name {key!r} already registered in-process by {prev.__module__}.{prev.__qualname__}"
+            )
+        eps = _entry_points()
+        if key in eps:
+            raise DuplicatePrunerError(f"pruner name {key!r} is already provided by {_source(eps[key])}")
+        _REGISTERED[key] = cls
+        return cls
+
+    if isinstance(name, type):  # used bare: @register_pruner
+        cls, name = name, None
+        return deco(cls)
+    return deco
+
+
+def unregister_pruner(name: str) -> None:
+    """Undo :func:`register_pruner` (tests, notebooks)."""
+    try:
+        del _REGISTERED[name]
+    except KeyError:
+        raise KeyError(f"no in-process pruner named {name!r}; registered: {sorted(_REGISTERED)}") from None
