@@ -1,0 +1,30 @@
+"""Re-adaption (paper Section III-C / IV-D): samples to adapt to, and the modular fine-tuning itself.
+
+Kept light on purpose: names are imported on first use, so ``import deeparc_pl.readapt`` does not load
+ART or anything heavy. Submodules: ``attacks`` (adversarial samples through ART), ``mutants``
+(under-performing models to repair), ``evaluate`` (shared accuracy helper).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "generate": "deeparc_pl.readapt.attacks",
+    "AdversarialSet": "deeparc_pl.readapt.attacks",
+    "mutate": "deeparc_pl.readapt.mutants",
+    "MutationTargetError": "deeparc_pl.readapt.mutants",
+    "accuracy": "deeparc_pl.readapt.evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'deeparc_pl.readapt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
