@@ -43,6 +43,10 @@ class Classifier(pl.LightningModule):
         self.val_acc = metric(num_classes, average="micro")
         self.test_acc = metric(num_classes, average="micro")
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning keeps sub-module modes as it finds them; a loaded model may sit in eval mode.
+        self.model.train()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 

@@ -154,5 +154,4 @@ def load_model(weights: str | Path | None = None, spec: Mapping[str, Any] | None
     apply_edits(model, list(ckpt.get("edits") or []))
     if ckpt.get("state_dict") is not None:
         load_weights(model, ckpt["state_dict"], str(weights))
-    model.eval()
     return model, ckpt

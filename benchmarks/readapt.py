@@ -1,0 +1,160 @@
+"""Re-adaption benchmark (issue 6): does training one located module pay, and does location find damage?
+
+    .venv/bin/python benchmarks/readapt.py --data-dir /path/to/fashion-mnist [--model resnet20]
+
+1. Trains a zoo model briefly on a Fashion-MNIST subset, attacks 1,000 training images with FGSM
+   (ART) and 500 test images (held out), modularizes it on 1,000 test images and locates the critical
+   module (explicit CKA deviation).
+2. Enhancement: ModularEnhance on the located module and on the last module, and FullFinetune, in the
+   same process with the same data, loss, optimizer and epochs: time per epoch (prefix cached once,
+   counted in the total), accuracy on the training FGSM set, on held-out FGSM and on clean test images.
+3. Damage location: for each module, noise is added to that module's weights; D' = test images the
+   model handled and the damaged one fails; locate(implicit, reference_model=original) should rank
+   the damaged module first. Prints Markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from deeparc_pl import FullFinetune, ModularEnhance, locate, modularize
+from deeparc_pl.models import build
+from deeparc_pl.readapt.attacks import generate
+from deeparc_pl.readapt.evaluate import accuracy
+from deeparc_pl.readapt.locate import module_deviations
+from deeparc_pl.readapt.report import markdown_table, table_row
+from deeparc_pl.taps import LayerTaps
+
+
+def load_idx(folder: Path, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    with gzip.open(folder / f"{split}-images-idx3-ubyte.gz") as fh:
+        x = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[:n]
+    with gzip.open(folder / f"{split}-labels-idx1-ubyte.gz") as fh:
+        y = np.frombuffer(fh.read(), np.uint8, offset=8)[:n]
+    return torch.tensor(x, dtype=torch.float32) / 255.0, torch.tensor(y, dtype=torch.long)
+
+
+def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), 128):
+            b = perm[i : i + 128]
+            loss = torch.nn.functional.cross_entropy(model(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+
+
+def fit(task: pl.LightningModule, epochs: int) -> float:
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    start = time.perf_counter()
+    trainer.fit(task)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", required=True, type=Path)
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--train-samples", type=int, default=6000)
+    p.add_argument("--train-epochs", type=int, default=3)
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--threshold", type=float, default=0.95)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    pl.seed_everything(args.seed)
+
+    x, y = load_idx(args.data_dir, "train", args.train_samples)
+    xt, yt = load_idx(args.data_dir, "t10k", 2000)
+    model = build(args.model, 10, in_channels=1, image_size=28)
+    t0 = time.perf_counter()
+    train(model, x, y, args.train_epochs)
+    print(f"trained {args.model} in {time.perf_counter() - t0:.1f}s; clean test acc {accuracy(model, (xt, yt)):.4f}")
+
+    ds = torch.utils.data.TensorDataset(xt[:1000], yt[:1000])
+    arch = modularize(model, torch.utils.data.DataLoader(ds, batch_size=250), threshold=args.threshold)
+    print(arch, arch.modules)
+
+    adv = generate(model, (x[: args.samples], y[: args.samples]), "fgsm", eps=args.eps, clip_values=(0.0, 1.0))
+    held = generate(model, (xt[1000:1500], yt[1000:1500]), "fgsm", eps=args.eps, clip_values=(0.0, 1.0))
+    clean = (xt[1500:2000], yt[1500:2000])
+    t0 = time.perf_counter()
+    ranking = locate(model, arch, (adv.x, adv.y), (adv.x_adv, adv.y), mode="explicit")
+    print(f"location (explicit, increment) in {time.perf_counter() - t0:.1f}s: {ranking}")
+
+    before = {"acc_before": accuracy(model, (adv.x_adv, adv.y)), "heldout_before": accuracy(model, (held.x_adv, held.y)),
+              "clean_before": accuracy(model, clean)}
+    candidates = [("modular (located)", ranking[0][0])]
+    if arch.num_modules - 1 != ranking[0][0]:
+        candidates.append(("modular (last module)", arch.num_modules - 1))
+    rows = []
+    opts = dict(lr=args.lr, batch_size=128, seed=args.seed)
+    first = None
+    for name, k in candidates:
+        task = ModularEnhance(model, arch, k, None, adv, **opts)
+        first = first or task
+        wall = fit(task, args.epochs)
+        rows.append(table_row("enhance", name, task, **before, acc_after=accuracy(task.model, (adv.x_adv, adv.y)),
+                              heldout_after=accuracy(task.model, (held.x_adv, held.y)),
+                              clean_after=accuracy(task.model, clean)) | {"fit_wall": round(wall, 2)})
+    full = FullFinetune.from_task(first)
+    wall = fit(full, args.epochs)
+    rows.append(table_row("enhance", "full", full, **before, acc_after=accuracy(full.model, (adv.x_adv, adv.y)),
+                          heldout_after=accuracy(full.model, (held.x_adv, held.y)),
+                          clean_after=accuracy(full.model, clean)) | {"fit_wall": round(wall, 2)})
+    print(f"\n## enhancement: {args.model}, FGSM eps {args.eps}, {args.samples} pairs, {args.epochs} epochs, "
+          f"lr {args.lr}, {args.threads} thread(s)\n")
+    print(markdown_table(rows))
+    for r in rows:
+        print(f"{r['approach']}: fit wall {r['fit_wall']}s, train {r['train_seconds']}s, per epoch {r['epoch_seconds']}s")
+
+    # damage location
+    print("\n## damage location (implicit, increment, reference_model = undamaged model)\n")
+    print("| damaged module | layers | accuracy after damage | broken samples | located first | rank of damaged | deviations |")
+    print("|---|---|---|---|---|---|---|")
+    ok0 = model(xt[:1000]).argmax(1) == yt[:1000]
+    from deeparc_pl.readapt.freezing import module_span, trace_model
+
+    trace = trace_model(model, arch, xt[:2])
+    for k in range(arch.num_modules):
+        damaged = copy.deepcopy(model)
+        span = module_span(damaged, arch, k, trace)
+        params = dict(damaged.named_parameters())
+        g = torch.Generator().manual_seed(k)
+        with torch.no_grad():
+            for n in span.parameters:
+                if params[n].ndim > 1:  # conv / linear weights
+                    w = params[n]
+                    w.add_(torch.randn(w.shape, generator=g) * w.std() * 0.5)
+        with torch.no_grad():
+            okd = damaged(xt[:1000]).argmax(1) == yt[:1000]
+        broken = ok0 & ~okd
+        if int(broken.sum()) < 10:
+            print(f"| {k} | {arch.modules[k][0]}..{arch.modules[k][-1]} | {float(okd.float().mean()):.3f} | {int(broken.sum())} | too few | | |")
+            continue
+        ref, tgt = (xt[:1000][ok0], yt[:1000][ok0]), (xt[:1000][broken], yt[:1000][broken])
+        r = locate(damaged, arch, ref, tgt, mode="implicit", reference_model=model)
+        devs = module_deviations(damaged, arch, ref, tgt, mode="implicit", reference_model=model, include_input=True)
+        pos = [m for m, _ in r].index(k) + 1
+        print(f"| {k} | {arch.modules[k][0]}..{arch.modules[k][-1]} | {float(okd.float().mean()):.3f} | {int(broken.sum())} | "
+              f"{r[0][0]} | {pos} | {' '.join(f'{d:.2f}' for d in devs)} |")
+
+
+if __name__ == "__main__":
+    main()
