@@ -1,0 +1,75 @@
+"""CKACallback in a Lightning loop: equals the plain API; under DDP (2 CPU processes, gloo) equals one process."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from deeparc_pl import CKACallback, Classifier, modularize
+from deeparc_pl.architecture.callback import padding_mask
+from deeparc_pl.models import build
+
+SCRIPT = Path(__file__).with_name("ddp_cka_script.py")
+
+
+def _run(tmp_path: Path, devices: int, stage: str, estimator: str) -> np.ndarray:
+    out = tmp_path / f"sim_{devices}_{stage}_{estimator}.npy"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices), stage, estimator],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return np.load(out)
+
+
+def test_validate_exact_ddp_equals_one_process(tmp_path):
+    one = _run(tmp_path, 1, "validate", "exact")
+    two = _run(tmp_path, 2, "validate", "exact")
+    np.testing.assert_allclose(two, one, atol=1e-10)
+    assert np.allclose(np.diag(one), 1.0)
+
+
+def test_predict_exact_ddp_equals_one_process(tmp_path):
+    # predict uses Lightning's unrepeated sampler (no padding); the exact estimator gathers every sample.
+    one = _run(tmp_path, 1, "predict", "exact")
+    two = _run(tmp_path, 2, "predict", "exact")
+    np.testing.assert_allclose(two, one, atol=1e-10)
+
+
+def test_padding_mask_marks_duplicates():
+    from torch.utils.data import DistributedSampler
+
+    ds = TensorDataset(torch.zeros(5))
+    s1 = DistributedSampler(ds, num_replicas=2, rank=1, shuffle=False)  # rank 1 gets positions 1, 3, 5(pad)
+    assert padding_mask(s1, 0, 2) is None
+    assert padding_mask(s1, 2, 1).tolist() == [False]
+    s0 = DistributedSampler(ds, num_replicas=2, rank=0, shuffle=False)
+    assert padding_mask(s0, 0, 3) is None
+
+
+def test_callback_equals_modularize_and_tracks_history():
+    torch.manual_seed(0)
+    model = build("resnet8", 3, in_channels=1, image_size=8)
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    cb = CKACallback(threshold=0.95, estimator="minibatch")
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[cb], max_epochs=2, limit_train_batches=2, num_sanity_val_steps=0)
+    task = Classifier(model, num_classes=3)
+    trainer.fit(task, train_dataloaders=loader, val_dataloaders=loader)
+    assert [h["epoch"] for h in cb.history] == [0, 1]
+    arch = modularize(task.model, loader, threshold=0.95, estimator="minibatch")
+    np.testing.assert_allclose(cb.similarity, arch.similarity, atol=1e-12)
+    assert cb.architecture.modules == arch.modules
+    assert cb.state_dict()["history"] == cb.history
+
+
+def test_callback_rejects_bad_threshold():
+    with pytest.raises(ValueError, match="threshold"):
+        CKACallback(threshold=0.0)
