@@ -1,0 +1,60 @@
+"""The command line end to end on tiny settings, and its errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deeparc_pl.cli.main import main
+from deeparc_pl.cli.modularize import parse_sweep
+
+TINY = ["data.fraction=0.25", "data.batch_size=64", "cka.samples=120", "cka.batch_size=40",
+        "trainer.enable_progress_bar=false"]
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("train", "modularize", "compress", "attack", "enhance", "repair", "reproduce", "pruners"):
+        assert cmd in out
+
+
+def test_train_then_modularize_from_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "model.name=resnet8", f"out={out}", "trainer.max_epochs=1", *TINY]) == 0
+    ckpt = out / "model.ckpt"
+    assert ckpt.exists()
+    assert main(["train", "model.name=resnet8", f"out={out}", "trainer.max_epochs=1", *TINY]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["modularize", f"model.weights={ckpt}", f"out={out}", "threshold=0.95",
+                 "thresholds=0.90:0.99:0.03", *TINY]) == 0
+    arch = json.loads((out / "architecture.json").read_text())
+    assert len(arch["layer_names"]) == 3 and arch["threshold"] == 0.95
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert [r["threshold"] for r in sweep] == [0.9, 0.93, 0.96, 0.99]
+    for png in ("similarity.png", "modules.png", "modularity.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "model.name=resnet9"], "depth"),
+        (["train", "model.name=nosuchnet"], "known"),
+        (["modularize", "model.name=resnet8", "threshold=0"], "threshold"),
+        (["modularize", "model.weights=/nonexistent/w.pt"], "no checkpoint"),
+        (["train", "model.name=resnet8", "data.name=imagenet"], "imagenet"),
+        (["train", "model.name=resnet8", "notakeyvalue"], "key=value"),
+    ],
+)
+def test_bad_input_is_a_clear_error(args, message, capsys, tmp_path):
+    assert main([*args, f"out={tmp_path}"]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_parse_sweep():
+    assert parse_sweep("0.90:0.92:0.01") == [0.9, 0.91, 0.92]
+    assert parse_sweep([0.5, 0.6]) == [0.5, 0.6]
+    with pytest.raises(ValueError):
+        parse_sweep("0.9:0.8:0.01")

@@ -1,0 +1,86 @@
+"""Training on real Fashion-MNIST moves accuracy well above chance; checkpoints round-trip safely."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from deeparc_pl import Classifier
+from deeparc_pl.data import ImageDataModule
+from deeparc_pl.models import build
+from deeparc_pl.models.checkpoint import load_model, read_checkpoint, save_checkpoint
+from deeparc_pl.readapt.evaluate import accuracy
+
+
+def _trainer(epochs=2):
+    return pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False)
+
+
+def test_short_training_beats_chance_on_fashion_mnist(fmnist_dir):
+    pl.seed_everything(0)
+    dm = ImageDataModule("fashion_mnist", fmnist_dir, batch_size=64, fraction=0.05, test_size=1000)
+    model = build("resnet8", dm.num_classes, dm.in_channels, dm.image_size)
+    dm.setup()
+    before = accuracy(model, dm.test_set)
+    task = Classifier(model, optimizer="adam", lr=3e-3, weight_decay=0.0)
+    trainer = _trainer(2)
+    trainer.fit(task, datamodule=dm)
+    after = trainer.test(task, datamodule=dm, verbose=False)[0]["test_acc"]
+    assert before < 0.25
+    assert after > 0.5, after  # chance is 0.10
+
+
+def test_checkpoint_round_trip_and_formats(tmp_path):
+    model = build("resnet8", 3, in_channels=1, image_size=8)
+    x = torch.randn(2, 1, 8, 8)
+    path = save_checkpoint(tmp_path / "m.ckpt", model, info={"note": "x"})
+    with pytest.raises(FileExistsError):
+        save_checkpoint(path, model)
+    loaded, ckpt = load_model(path)
+    model.eval(), loaded.eval()
+    assert torch.equal(model(x), loaded(x)) and ckpt["info"] == {"note": "x"}
+    # plain state dict needs the name from the configuration
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    loaded2, _ = load_model(tmp_path / "sd.pt", {"name": "resnet8", "num_classes": 3, "in_channels": 1, "image_size": 8})
+    assert torch.equal(model(x), loaded2.eval()(x))
+    # a Lightning checkpoint: state_dict with the model. prefix
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "pytorch-lightning_version": "2.6"}, tmp_path / "pl.ckpt")
+    assert read_checkpoint(tmp_path / "pl.ckpt")["format"] == "lightning"
+    with pytest.raises(ValueError, match="model.num_classes=3"):
+        load_model(path, {"num_classes": 10})
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="not a readable weights file"):
+        read_checkpoint(tmp_path / "junk.ckpt")
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        pickle.dump({"x": _Evil()}, fh)
+    with pytest.raises(ValueError, match="not a readable weights file"):
+        read_checkpoint(tmp_path / "evil.pt")
+    torch.save({"hello": "world"}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not a deeparc_pl checkpoint"):
+        read_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(FileNotFoundError):
+        read_checkpoint(tmp_path / "missing.pt")
+    other = build("resnet14", 3, in_channels=1, image_size=8)
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="does not fit"):
+        load_model(tmp_path / "other.pt", {"name": "resnet8", "num_classes": 3, "in_channels": 1, "image_size": 8})
+
+
+def test_classifier_bad_arguments():
+    model = build("mlp", 3, in_channels=1, image_size=4)
+    with pytest.raises(ValueError, match="optimizer"):
+        Classifier(model, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="num_classes"):
+        Classifier(torch.nn.Linear(2, 2))
