@@ -34,7 +34,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
+_SUBPACKAGES = {"models", "data", "similarity", "architecture", "restructure", "pruners", "readapt", "reproduce", "attacks", "taps"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"deeparc_pl.{name}")
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'deeparc_pl' has no attribute {name!r}")
