@@ -37,3 +37,27 @@ def _seed_and_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def fmnist_resnet(fmnist_dir):
+    """A ResNet-14 trained for 2 epochs on 5 % of real Fashion-MNIST, with its data module and
+    its test accuracy before training (shared: training it once keeps the suite short)."""
+    import pytorch_lightning as pl
+
+    from deeparc_pl import Classifier
+    from deeparc_pl.data import ImageDataModule
+    from deeparc_pl.models import build
+    from deeparc_pl.readapt.evaluate import accuracy
+
+    pl.seed_everything(0)
+    dm = ImageDataModule("fashion_mnist", fmnist_dir, batch_size=64, fraction=0.05, test_size=1000)
+    dm.setup()
+    model = build("resnet14", dm.num_classes, dm.in_channels, dm.image_size)
+    before = accuracy(model, dm.test_set)
+    task = Classifier(model, optimizer="adam", lr=3e-3, weight_decay=0.0)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(task, datamodule=dm)
+    model.eval()
+    return model, dm, before

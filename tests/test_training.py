@@ -4,31 +4,17 @@ from __future__ import annotations
 import pickle
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from deeparc_pl import Classifier
-from deeparc_pl.data import ImageDataModule
 from deeparc_pl.models import build
 from deeparc_pl.models.checkpoint import load_model, read_checkpoint, save_checkpoint
 from deeparc_pl.readapt.evaluate import accuracy
 
 
-def _trainer(epochs=2):
-    return pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=False)
-
-
-def test_short_training_beats_chance_on_fashion_mnist(fmnist_dir):
-    pl.seed_everything(0)
-    dm = ImageDataModule("fashion_mnist", fmnist_dir, batch_size=64, fraction=0.05, test_size=1000)
-    model = build("resnet8", dm.num_classes, dm.in_channels, dm.image_size)
-    dm.setup()
-    before = accuracy(model, dm.test_set)
-    task = Classifier(model, optimizer="adam", lr=3e-3, weight_decay=0.0)
-    trainer = _trainer(2)
-    trainer.fit(task, datamodule=dm)
-    after = trainer.test(task, datamodule=dm, verbose=False)[0]["test_acc"]
+def test_short_training_beats_chance_on_fashion_mnist(fmnist_resnet):
+    model, dm, before = fmnist_resnet
+    after = accuracy(model, dm.test_set)
     assert before < 0.25
     assert after > 0.5, after  # chance is 0.10
 

@@ -3,7 +3,8 @@
     deeparc COMMAND [--config recipe.yaml] [--overwrite] [key=value ...]
 
 Each command is a module in ``deeparc_pl/cli/`` with ``run(cfg, overwrite)`` (or ``run_<command>``),
-a ``HELP`` line and a ``KEYS`` dict (key -> (default, help)) merged over the shared keys.
+a ``HELP`` line and a ``KEYS`` dict (key -> (default, help)) merged over the shared keys. A module
+may name a ``POSITIONAL`` key: a first bare word becomes its value (``deeparc reproduce rq1``).
 """
 from __future__ import annotations
 
@@ -76,7 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         module = command_module(args.command)
-        cfg = build_config(args.command, args.config, args.overrides)
+        overrides = list(args.overrides)
+        positional = getattr(module, "POSITIONAL", None)  # e.g. `deeparc reproduce rq1` -> rq=rq1
+        if positional and overrides and "=" not in overrides[0]:
+            overrides[0] = f"{positional}={overrides[0]}"
+        cfg = build_config(args.command, args.config, overrides)
         runner: Callable = getattr(module, f"run_{args.command}", None) or module.run
         if getattr(module, "COMMAND_AWARE", False):
             runner(cfg, overwrite=args.overwrite, command=args.command)
