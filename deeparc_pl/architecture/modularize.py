@@ -13,12 +13,14 @@ from .semantic import SemanticArchitecture
 __all__ = ["modularize", "similarity_matrix"]
 
 
-def _progress(total: int | None, enabled: bool, description: str):
+def _progress(enabled: bool):
+    """A rich progress bar, or nothing."""
     if not enabled:
         return contextlib.nullcontext(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+    return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), transient=True)
 
 
 def similarity_matrix(
@@ -47,10 +49,8 @@ def similarity_matrix(
     samples = 0
     try:
         model.eval()
-        with stream, torch.no_grad(), _progress(total, progress, "CKA") as bar:
-            task = bar.add_task("similarity", total=total) if bar is not None else None
-            if bar is not None:
-                bar.start()
+        with stream, torch.no_grad(), _progress(progress) as bar:
+            task = bar.add_task("CKA", total=total) if bar is not None else None
             for _ in range(passes):
                 for batch in dataloader:
                     x = batch[0] if isinstance(batch, (tuple, list)) else batch
