@@ -2,7 +2,9 @@
 
 Kept light on purpose: names are imported on first use, so ``import deeparc_pl.readapt`` does not load
 ART or anything heavy. Submodules: ``attacks`` (adversarial samples through ART), ``mutants``
-(under-performing models to repair), ``evaluate`` (shared accuracy helper).
+(under-performing models to repair), ``evaluate`` (shared accuracy helper), ``deviation`` and
+``locate`` (critical-module location), ``freezing`` and ``prefix_cache`` (train one module, cache the
+frozen prefix), ``tasks`` (the Lightning tasks), ``report`` (Table III rows).
 """
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ _EXPORTS = {
     "mutate": "deeparc_pl.readapt.mutants",
     "MutationTargetError": "deeparc_pl.readapt.mutants",
     "accuracy": "deeparc_pl.readapt.evaluate",
+    "locate": "deeparc_pl.readapt.locate",
+    "GaussianReference": "deeparc_pl.readapt.deviation",
+    "ModularEnhance": "deeparc_pl.readapt.tasks",
+    "ModularRepair": "deeparc_pl.readapt.tasks",
+    "FullFinetune": "deeparc_pl.readapt.tasks",
 }
 
 __all__ = sorted(_EXPORTS)
