@@ -60,7 +60,8 @@ def test_callback_equals_modularize_and_tracks_history():
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     cb = CKACallback(threshold=0.95, estimator="minibatch")
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[cb], max_epochs=2, limit_train_batches=2, num_sanity_val_steps=0)
+                         callbacks=[cb], max_epochs=2, limit_train_batches=2, num_sanity_val_steps=0,
+                         enable_checkpointing=False)
     task = Classifier(model, num_classes=3)
     trainer.fit(task, train_dataloaders=loader, val_dataloaders=loader)
     assert [h["epoch"] for h in cb.history] == [0, 1]

@@ -43,6 +43,9 @@ def test_train_then_modularize_from_checkpoint(tmp_path, capsys):
         (["train", "model.name=resnet9"], "depth"),
         (["train", "model.name=nosuchnet"], "known"),
         (["modularize", "model.name=resnet8", "threshold=0"], "threshold"),
+        (["modularize", "method=greedy"], "unknown partition method"),
+        (["modularize", "cka.estimator=rbf"], "rbf"),
+        (["modularize", "thresholds=0.9:1.2:0.1"], "threshold"),
         (["modularize", "model.weights=/nonexistent/w.pt"], "no checkpoint"),
         (["train", "model.name=resnet8", "data.name=imagenet"], "imagenet"),
         (["train", "model.name=resnet8", "notakeyvalue"], "key=value"),
@@ -58,3 +61,11 @@ def test_parse_sweep():
     assert parse_sweep([0.5, 0.6]) == [0.5, 0.6]
     with pytest.raises(ValueError):
         parse_sweep("0.9:0.8:0.01")
+
+
+def test_wandb_offline_logs_the_heatmap(tmp_path):
+    out = tmp_path / "wb"
+    assert main(["modularize", "logger=wandb", f"out={out}", "default.epochs=1", *TINY]) == 0
+    runs = list((out / "logs" / "wandb").glob("offline-run-*"))
+    assert runs, "no offline W&B run written"
+    assert list(runs[0].rglob("media/images/cka/similarity_*.png"))

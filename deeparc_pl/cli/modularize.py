@@ -88,7 +88,21 @@ def cka_loader(cfg: DictConfig, dm: Any) -> DataLoader:
     return DataLoader(ds, batch_size=int(cfg.cka.batch_size), sampler=sampler)
 
 
+def check(cfg: DictConfig) -> None:
+    """Refuse bad settings before any training or forward pass."""
+    from ..architecture.partition import METHODS, validate_threshold
+    from ..similarity.functional import check_estimator
+
+    validate_threshold(cfg.threshold)
+    if str(cfg.method) not in METHODS:
+        raise ValueError(f"unknown partition method {cfg.method!r}; choose one of {sorted(METHODS)}")
+    check_estimator(str(cfg.cka.estimator))
+    for th in parse_sweep(plain(cfg.get("thresholds"))):
+        validate_threshold(th)
+
+
 def run(cfg: DictConfig, overwrite: bool = False) -> Path:
+    check(cfg)
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = make_datamodule(cfg)
     model = obtain_model(cfg, dm, overwrite)
