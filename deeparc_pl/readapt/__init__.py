@@ -8,8 +8,7 @@ frozen prefix), ``tasks`` (the Lightning tasks), ``report`` (Table III rows).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "generate": "deeparc_pl.readapt.attacks",
@@ -24,14 +23,4 @@ _EXPORTS = {
     "FullFinetune": "deeparc_pl.readapt.tasks",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'deeparc_pl.readapt' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
