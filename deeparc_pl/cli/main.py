@@ -69,7 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     parser = _parser()
-    args = parser.parse_args(argv)
+    # key=value may also follow --config: collect what argparse leaves over, refuse stray --flags
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if args.command:
+        args.overrides = [*(args.overrides or []), *extra]
     if not args.command:
         parser.print_help()
         return 2

@@ -11,8 +11,7 @@ Names are imported on first use so ``import deeparc_pl.reproduce`` stays cheap.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "CellStore": "deeparc_pl.reproduce.cells",
@@ -28,14 +27,4 @@ _EXPORTS = {
     "run_rq4": "deeparc_pl.reproduce.rq4",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'deeparc_pl.reproduce' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
