@@ -61,3 +61,13 @@ def fmnist_resnet(fmnist_dir):
     trainer.fit(task, datamodule=dm)
     model.eval()
     return model, dm, before
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules of tiny models: on a small shared CPU one thread is many times
+    faster than two fighting over the cores. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

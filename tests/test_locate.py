@@ -61,15 +61,6 @@ def train_tiny(x: torch.Tensor, y: torch.Tensor, epochs: int = 3, seed: int = 0)
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """The test machine is shared: one intra-op thread is far faster than oversubscribed ones."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
 def trained(fmnist_dir, one_thread):
     x, y = load_idx(fmnist_dir, "train", 4000)
     xt, yt = load_idx(fmnist_dir, "t10k", 1000)
