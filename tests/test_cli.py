@@ -69,3 +69,12 @@ def test_wandb_offline_logs_the_heatmap(tmp_path):
     runs = list((out / "logs" / "wandb").glob("offline-run-*"))
     assert runs, "no offline W&B run written"
     assert list(runs[0].rglob("media/images/cka/similarity_*.png"))
+
+
+@pytest.mark.parametrize("command, key", [("modularize", "cka.estimator"), ("compress", "pruner"),
+                                          ("repair", "mutate.drop"), ("reproduce", "seeds")])
+def test_command_help_explains_its_keys(command, key, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert key in out and "model.weights" in out
