@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
-from deeparc_pl.similarity import CKAMatrix  # noqa: E402
+from deeparc_pl.similarity.stream import ActivationStream  # noqa: E402
 from deeparc_pl.taps import LayerTaps  # noqa: E402
 
 
@@ -100,12 +100,13 @@ def forward_only(model: nn.Module, batches: list[torch.Tensor]) -> None:
 
 
 def ours(model: nn.Module, names: list[str], batches: list[torch.Tensor]) -> torch.Tensor:
-    metric = CKAMatrix(names, "minibatch")
-    with torch.no_grad(), LayerTaps(model, names) as taps:
+    """The library's path (``modularize`` and ``CKACallback`` use it): Grams computed in the hooks."""
+    stream = ActivationStream(model, names, "minibatch")
+    with torch.no_grad(), stream:
         for x in batches:
             model(x)
-            metric.update(taps.outputs)
-    return metric.compute()
+            stream.update()
+    return stream.compute()
 
 
 def _hsic1_pair(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:

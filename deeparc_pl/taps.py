@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -127,14 +127,23 @@ class LayerTaps:
 
     Outputs are detached unless ``keep_graph=True`` (needed to train through a tapped output).
     A layer that runs twice in one forward pass (a duplicated block) reports its last call.
+    ``transform(name, output)``, when given, reduces each output inside its hook (e.g. to a Gram
+    matrix), so that no layer's activation outlives the layer that produced it.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None, keep_graph: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str] | None = None,
+        keep_graph: bool = False,
+        transform: Callable[[str, Any], Any] | None = None,
+    ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"LayerTaps needs an nn.Module, got {type(model).__name__}")
         self.model = model
         self.names: list[str] = resolve_layer_names(model, layers)
         self.keep_graph = keep_graph
+        self.transform = transform
         self._store: dict[str, Any] = {}
         self._handles: list[Any] = []
 
@@ -143,7 +152,7 @@ class LayerTaps:
         def fn(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if not self.keep_graph:
                 output = output.detach() if isinstance(output, torch.Tensor) else output
-            self._store[name] = output
+            self._store[name] = self.transform(name, output) if self.transform is not None else output
 
         return fn
 

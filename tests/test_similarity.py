@@ -315,3 +315,64 @@ def test_inputs_not_modified_and_float32_gram_overflow_falls_back():
     big[0] = -1e20
     k = gram(big)  # squares overflow float32; recomputed in float64
     assert torch.isfinite(k).all() and float(k[0, 0]) == pytest.approx(3e40, rel=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ["minibatch", "paper"])
+def test_update_grams_equals_update_with_and_without_keep(estimator):
+    from deeparc_pl.similarity.functional import gram
+
+    gen = torch.Generator().manual_seed(3)
+    batches = [[torch.randn(12, 5, generator=gen) + 3.0, torch.randn(12, 2, 3, generator=gen)] for _ in range(3)]
+    keep = torch.ones(12, dtype=torch.bool)
+    keep[[2, 7, 11]] = False
+    a, b = CKAMatrix(["p", "q"], estimator), CKAMatrix(["p", "q"], estimator)
+    for i, feats in enumerate(batches):
+        mask = keep if i == 1 else None
+        a.update(feats, keep=mask)
+        b.update_grams([gram(f, center=estimator == "minibatch") for f in feats], keep=mask)
+    # equal up to float32 Gram rounding (update re-centers the kept sub-batch; update_grams slices)
+    torch.testing.assert_close(b.compute(), a.compute(), rtol=0, atol=1e-7)
+    assert int(a.samples) == int(b.samples) == 33
+    with pytest.raises(ValueError, match="same samples"):
+        b.update_grams([torch.eye(4, dtype=torch.float64), torch.eye(5, dtype=torch.float64)])
+    with pytest.raises(ValueError, match="exact"):
+        CKAMatrix(["p", "q"], "exact").update_grams([torch.eye(4), torch.eye(4)])
+
+
+def test_stream_keeps_grams_not_activations():
+    from torch import nn
+
+    from deeparc_pl.similarity.stream import ActivationStream
+
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+    stream = ActivationStream(model, ["0", "1", "2"])
+    with stream, torch.no_grad():
+        model(torch.randn(10, 6))
+        assert [tuple(o.shape) for o in stream.taps.outputs] == [(10, 10)] * 3
+        stream.update()
+    ref = CKAMatrix(["0", "1", "2"])
+    x = torch.randn(10, 6)
+    with stream, torch.no_grad():
+        stream.reset()
+        model(x)
+        stream.update()
+        h = model[0](x)
+        ref.update([h, model[1](h), model(x)])
+    torch.testing.assert_close(stream.compute(), ref.compute(), rtol=0, atol=1e-10)
+
+
+def test_update_grams_invalidates_cached_compute():
+    from deeparc_pl.similarity.functional import gram
+
+    gen = torch.Generator().manual_seed(5)
+    m = CKAMatrix(["p", "q"])
+    f1 = [torch.randn(8, 4, generator=gen), torch.randn(8, 3, generator=gen)]
+    f2 = [torch.randn(8, 4, generator=gen), torch.randn(8, 3, generator=gen)]
+    m.update_grams([gram(f, center=True) for f in f1])
+    first = m.compute().clone()
+    m.update_grams([gram(f, center=True) for f in f2])
+    ref = CKAMatrix(["p", "q"])
+    ref.update(f1)
+    ref.update(f2)
+    assert not torch.equal(m.compute(), first)
+    torch.testing.assert_close(m.compute(), ref.compute(), rtol=0, atol=1e-7)

@@ -100,11 +100,24 @@ class CKAMatrix(Metric):
         return [f[keep] for f in features]
 
     @torch.no_grad()
-    def update(self, features: Sequence[Tensor], keep: Tensor | None = None) -> None:
+    def update(
+        self,
+        features: Sequence[Tensor] | None = None,
+        keep: Tensor | None = None,
+        layer_grams: Sequence[Tensor] | None = None,
+    ) -> None:
         """Add one batch: ``features[i]`` is layer i's output (n, ...); ``keep`` masks samples out.
+        Or pass ``layer_grams=`` the per-layer (n, n) Grams already computed (see :meth:`_add_grams`).
 
         A batch with every sample masked out is skipped. minibatch: each (kept) batch needs n >= 4.
         """
+        if layer_grams is not None:
+            if features is not None:
+                raise ValueError("pass features or layer_grams, not both")
+            self._add_grams(layer_grams, keep)
+            return
+        if features is None:
+            raise ValueError("update needs the layers' features (or layer_grams=)")
         feats = self._masked(features, keep)
         if feats is None:
             return
@@ -126,9 +139,50 @@ class CKAMatrix(Metric):
                 getattr(self, f"features_{i}").append(x)
         else:
             g = grams(feats, self.estimator, self.names)
-            self.hsic += hsic_terms(g, self.estimator).to(self.hsic.device)
-            self.batches += 1
+            self._accumulate(g)
             n = g.shape[1]
+        self.samples += n
+
+    def _accumulate(self, stacked: Tensor) -> None:
+        self.hsic += hsic_terms(stacked, self.estimator).to(self.hsic.device)
+        self.batches += 1
+
+    def update_grams(self, layer_grams: Sequence[Tensor], keep: Tensor | None = None) -> None:
+        """``update(layer_grams=..., keep=keep)``: see :meth:`_add_grams`."""
+        self.update(keep=keep, layer_grams=layer_grams)
+
+    def _add_grams(self, layer_grams: Sequence[Tensor], keep: Tensor | None = None) -> None:
+        """Add one batch from per-layer (n, n) Gram matrices computed elsewhere, e.g. inside forward
+        hooks so that no layer's activations outlive its own hook (see ``ActivationStream``).
+
+        ``layer_grams[i]`` is layer i's Gram of its flattened features, as :func:`gram` makes it:
+        centered over the batch for ``minibatch`` (HSIC_1 ignores any constant shift of the features,
+        so a sub-batch's Gram is the matching sub-block) and raw for ``paper``. Not for ``exact``.
+        """
+        if self.estimator == "exact":
+            raise ValueError("the exact estimator keeps features, not Grams: call update(features)")
+        if isinstance(layer_grams, Tensor) and layer_grams.ndim == 3:
+            layer_grams = list(layer_grams)
+        layer_grams = list(layer_grams)
+        if len(layer_grams) != len(self.names):
+            raise ValueError(f"expected Grams of {len(self.names)} layers {self.names}, got {len(layer_grams)}")
+        sizes = [tuple(g.shape) for g in layer_grams]
+        if any(len(sz) != 2 or sz[0] != sz[1] for sz in sizes) or len(set(sizes)) != 1:
+            detail = ", ".join(f"{nm!r}: {sz}" for nm, sz in zip(self.names, sizes))
+            raise ValueError(f"all layers must have square Grams over the same samples; got {detail}")
+        if keep is not None:
+            if not isinstance(keep, Tensor) or keep.dtype != torch.bool or keep.shape != (sizes[0][0],):
+                raise ValueError(f"keep must be a bool tensor of {sizes[0][0]} entries")
+            if not bool(keep.any()):
+                return
+            if not bool(keep.all()):
+                idx = keep.nonzero().flatten().to(layer_grams[0].device)
+                layer_grams = [g.index_select(0, idx).index_select(1, idx) for g in layer_grams]
+        n = int(layer_grams[0].shape[0])
+        need = MIN_SAMPLES[self.estimator]
+        if n < need:
+            raise ValueError(f"estimator {self.estimator!r} needs at least {need} samples per batch, got n = {n}")
+        self._accumulate(torch.stack([g.to(torch.float64) for g in layer_grams]))
         self.samples += n
 
     def compute(self) -> Tensor:
