@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gzip
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 
 from deeparc_pl import FullFinetune, ModularEnhance, locate, modularize
 from deeparc_pl.models import build
+from deeparc_pl.data import read_idx
 from deeparc_pl.readapt.attacks import generate
 from deeparc_pl.readapt.evaluate import accuracy
 from deeparc_pl.readapt.locate import module_deviations
@@ -33,10 +33,8 @@ from deeparc_pl.readapt.report import markdown_table, table_row
 
 
 def load_idx(folder: Path, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    with gzip.open(folder / f"{split}-images-idx3-ubyte.gz") as fh:
-        x = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[:n]
-    with gzip.open(folder / f"{split}-labels-idx1-ubyte.gz") as fh:
-        y = np.frombuffer(fh.read(), np.uint8, offset=8)[:n]
+    x = read_idx(folder / f"{split}-images-idx3-ubyte.gz")[:n].reshape(-1, 1, 28, 28)
+    y = read_idx(folder / f"{split}-labels-idx1-ubyte.gz")[:n]
     return torch.tensor(x, dtype=torch.float32) / 255.0, torch.tensor(y, dtype=torch.long)
 
 

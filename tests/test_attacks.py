@@ -1,7 +1,6 @@
 """Adversarial samples through ART on a small MLP trained on real Fashion-MNIST."""
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
@@ -10,19 +9,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from deeparc_pl.data import read_idx
 from deeparc_pl.readapt.attacks import AdversarialSet, default_params, generate
 from deeparc_pl.readapt.evaluate import accuracy
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    try:
-        from deeparc_pl.data import read_idx  # written by the data helper
-    except ImportError:
-        with gzip.open(path, "rb") as fh:
-            raw = fh.read()
-        ndim = raw[3]
-        dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
     return np.asarray(read_idx(path))
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import gzip
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from deeparc_pl import SemanticArchitecture, locate
+from deeparc_pl.data import read_idx
 from deeparc_pl.readapt.deviation import GaussianReference, cka, cka_deviation
 from deeparc_pl.readapt.locate import module_deviations, rank
 from deeparc_pl.similarity.functional import linear_cka
@@ -18,10 +18,8 @@ from deeparc_pl.taps import LayerNameError
 
 
 def load_idx(folder: Path, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    with gzip.open(folder / f"{split}-images-idx3-ubyte.gz") as fh:
-        x = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[:n]
-    with gzip.open(folder / f"{split}-labels-idx1-ubyte.gz") as fh:
-        y = np.frombuffer(fh.read(), np.uint8, offset=8)[:n]
+    x = read_idx(folder / f"{split}-images-idx3-ubyte.gz")[:n].reshape(-1, 1, 28, 28)
+    y = read_idx(folder / f"{split}-labels-idx1-ubyte.gz")[:n]
     return torch.tensor(x, dtype=torch.float32) / 255.0, torch.tensor(y, dtype=torch.long)
 
 

@@ -1,7 +1,6 @@
 """Repair mutants: seeded weight replacement that hits a requested accuracy drop, on real Fashion-MNIST."""
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
@@ -10,18 +9,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from deeparc_pl.data import read_idx
 from deeparc_pl.readapt.mutants import MutationTargetError, mutable_weights, mutate
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    try:
-        from deeparc_pl.data import read_idx  # written by the data helper
-    except ImportError:
-        with gzip.open(path, "rb") as fh:
-            raw = fh.read()
-        ndim = raw[3]
-        dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
     return np.asarray(read_idx(path))
 
 
