@@ -11,7 +11,7 @@ Peak memory: a thread samples the process RSS (/proc/self/statm) every 2 ms; we 
 high-water mark minus the RSS just before the phase (after gc and glibc malloc_trim), so the shared
 model and inputs are excluded.
 Ours is also run at half the samples to show its memory does not grow with n. (a) and (b) are
-run alternately ``--repeats`` times and the fastest run of each is reported (the machine may be shared).
+run round-robin with (c) ``--repeats`` times; the fastest run of each is reported (the machine may be shared).
 
     .venv/bin/python benchmarks/cka.py [--samples 2000 --batch 250 --depth 56]
 """
@@ -22,6 +22,7 @@ import copy
 import ctypes
 import gc
 import os
+import statistics
 import sys
 import threading
 import time
@@ -164,7 +165,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--depth", type=int, default=56)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=2, help="(a) and (b) are run alternately this often; min wall kept")
+    p.add_argument("--repeats", type=int, default=3, help="(a), (b), (c) run round-robin this often; min wall kept")
     p.add_argument("--skip", nargs="*", default=[], help="peers to skip: pytorch-cka torch-cka")
     args = p.parse_args()
 
@@ -178,30 +179,34 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     forward_only(model, batches[:1])  # warm-up (allocator, oneDNN kernels)
-    rows = []
-    runs_f, runs_o = [], []
-    for _ in range(max(1, args.repeats)):  # alternate so both see the same machine load
-        runs_f.append(measure(lambda: forward_only(model, batches)))
-        runs_o.append(measure(lambda: ours(model, names, batches)))
-    wall_f, mem_f, _ = min(runs_f, key=lambda r: r[0])
-    wall_o, mem_o, cka_o = min(runs_o, key=lambda r: r[0])
-    print("forward-only runs (s):", [round(r[0], 2) for r in runs_f], " ours runs (s):", [round(r[0], 2) for r in runs_o])
-    rows.append(("(a) forward only", wall_f, mem_f, None))
+    # (a), (b) and (c) run round-robin ``--repeats`` times so all three see the same machine load;
+    # the fastest run of each is reported, and the median beside it.
+    timed = [("(a) forward only", "forward", lambda: forward_only(model, batches)),
+             ("(b) ours: ActivationStream (Grams in hooks)", "ours", lambda: ours(model, names, batches))]
+    if "pytorch-cka" not in args.skip:
+        timed.append(("(c) pytorch-cka 1.1.3", "pytorch-cka", lambda: pytorch_cka(model, names, batches)))
+    runs: dict[str, list] = {key: [] for _, key, _ in timed}
+    for _ in range(max(1, args.repeats)):
+        for _, key, fn in timed:
+            runs[key].append(measure(fn))
+    best = {key: min(r, key=lambda x: x[0]) for key, r in runs.items()}
+    for key, r in runs.items():
+        print(f"{key} runs (s): {[round(x[0], 2) for x in r]}  median {statistics.median(x[0] for x in r):.2f}")
+    wall_f = best["forward"][0]
+    rows = [(label, *best[key]) for label, key, _ in timed]
     wall_h, mem_h, _ = measure(lambda: ours(model, names, half))
-    wall_r, mem_r, ref = measure(lambda: reference64(model, names, batches))
-    rows.append(("(b) ours: CKAMatrix minibatch", wall_o, mem_o, cka_o))
-    rows.append((f"(b') ours at {sum(len(b) for b in half)} samples", wall_h, mem_h, None))
-    peers = [("(c) pytorch-cka 1.1.3", "pytorch-cka", pytorch_cka), ("(d) torch-cka 0.21", "torch-cka", torch_cka)]
-    for label, key, fn in peers:
-        if key in args.skip:
-            rows.append((label + " (skipped)", float("nan"), float("nan"), None))
-            continue
+    rows.insert(2, (f"(b') ours at {sum(len(b) for b in half)} samples", wall_h, mem_h, None))
+    if "pytorch-cka" in args.skip:
+        rows.append(("(c) pytorch-cka 1.1.3 (skipped)", float("nan"), float("nan"), None))
+    if "torch-cka" in args.skip:
+        rows.append(("(d) torch-cka 0.21 (skipped)", float("nan"), float("nan"), None))
+    else:
         try:
-            wall, mem, out = measure(lambda fn=fn: fn(model, names, batches))
-            rows.append((label, wall, mem, out))
+            rows.append(("(d) torch-cka 0.21", *measure(lambda: torch_cka(model, names, batches))))
         except Exception as exc:  # report honestly and keep going
-            print(f"{label} failed: {type(exc).__name__}: {exc}")
-            rows.append((label + f" (failed: {type(exc).__name__})", float("nan"), float("nan"), None))
+            print(f"torch-cka failed: {type(exc).__name__}: {exc}")
+            rows.append((f"(d) torch-cka 0.21 (failed: {type(exc).__name__})", float("nan"), float("nan"), None))
+    wall_r, mem_r, ref = measure(lambda: reference64(model, names, batches))
     rows.append(("(e) float64 reference (pairwise)", wall_r, mem_r, ref))
 
     print()
