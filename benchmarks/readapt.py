@@ -10,7 +10,11 @@
    counted in the total), accuracy on the training FGSM set, on held-out FGSM and on clean test images.
 3. Damage location: for each module, noise is added to that module's weights; D' = test images the
    model handled and the damaged one fails; locate(implicit, reference_model=original) should rank
-   the damaged module first. Prints Markdown tables.
+   the damaged module first.
+4. Repair of a mutant 10 points worse, located module vs full.
+Enhancement and repair also record accuracy after every epoch against training seconds (evaluation
+excluded) and report each run's time to reach FullFinetune's final accuracy minus one point
+("time at equal accuracy"). Prints Markdown tables.
 """
 from __future__ import annotations
 
@@ -52,12 +56,55 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int)
     model.eval()
 
 
-def fit(task: pl.LightningModule, epochs: int) -> float:
+class AccuracyCurve(pl.Callback):
+    """Accuracy on ``data`` after every epoch, with the training time spent so far (evaluation excluded).
+
+    Callbacks' ``on_train_epoch_end`` run before the task's, whose epoch clock stops after them, so the
+    evaluation's own duration is recorded and subtracted from the epoch it fell in.
+    """
+
+    def __init__(self, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.data, self.points, self.eval_seconds = data, [], []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, task: pl.LightningModule) -> None:
+        t0 = time.perf_counter()
+        acc = accuracy(task.model, self.data)
+        task.train()  # re-applies frozen-leaf eval modes
+        spent = time.perf_counter() - t0
+        # the task's clock for this epoch is still running: its elapsed part minus this evaluation
+        elapsed = task.setup_seconds + sum(task.epoch_seconds) + (t0 - task._epoch_t0)
+        self.points.append((round(elapsed, 2), acc))
+        self.eval_seconds.append(spent)
+
+
+def fit(task: pl.LightningModule, epochs: int, curve: AccuracyCurve | None = None) -> float:
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu")
+                         enable_model_summary=False, accelerator="cpu", callbacks=[curve] if curve else None)
     start = time.perf_counter()
     trainer.fit(task)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    if curve is not None:  # take the evaluations back out of the task's epoch clock and the wall time
+        task.epoch_seconds[:] = [s - e for s, e in zip(task.epoch_seconds, curve.eval_seconds)]
+        wall -= sum(curve.eval_seconds)
+    return wall
+
+
+def time_to(points: list[tuple[float, float]], target: float) -> float | None:
+    """Training seconds at the first epoch whose accuracy reaches ``target`` (None if never)."""
+    return next((t for t, a in points if a >= target - 1e-9), None)
+
+
+def equal_accuracy_rows(curves: dict[str, list[tuple[float, float]]], full: str = "full") -> list[str]:
+    """Time to reach FullFinetune's final accuracy minus one point, each run against full's own."""
+    target = curves[full][-1][1] - 0.01
+    t_full = time_to(curves[full], target)
+    lines = [f"target = full's final accuracy {curves[full][-1][1]:.4f} - 0.01 = {target:.4f}; full reaches it in "
+             f"{t_full:.1f}s"]
+    for name, pts in curves.items():
+        t = time_to(pts, target)
+        ratio = "never reached" if t is None else f"{t:.1f}s = {t / t_full:.2f}x full"
+        lines.append(f"| {name} | {' '.join(f'{a:.3f}@{s:.0f}s' for s, a in pts)} | {ratio} |")
+    return lines
 
 
 def main() -> None:
@@ -121,15 +168,20 @@ def main() -> None:
     rows = []
     opts = dict(lr=args.lr, batch_size=128, seed=args.seed)
     first = None
+    curves: dict[str, list[tuple[float, float]]] = {}
     for name, k, epochs in candidates:
         task = ModularEnhance(model, arch, k, None, adv, **opts)
         first = first or task
-        wall = fit(task, epochs)
+        curve = AccuracyCurve((held.x_adv, held.y))
+        wall = fit(task, epochs, curve)
+        curves[name] = curve.points
         rows.append(table_row("enhance", name, task, **before, acc_after=accuracy(task.model, (adv.x_adv, adv.y)),
                               heldout_after=accuracy(task.model, (held.x_adv, held.y)),
                               clean_after=accuracy(task.model, clean)) | {"fit_wall": round(wall, 2)})
     full = FullFinetune.from_task(first)
-    wall = fit(full, args.epochs)
+    curve = AccuracyCurve((held.x_adv, held.y))
+    wall = fit(full, args.epochs, curve)
+    curves["full"] = curve.points
     rows.append(table_row("enhance", "full", full, **before, acc_after=accuracy(full.model, (adv.x_adv, adv.y)),
                           heldout_after=accuracy(full.model, (held.x_adv, held.y)),
                           clean_after=accuracy(full.model, clean)) | {"fit_wall": round(wall, 2)})
@@ -138,6 +190,8 @@ def main() -> None:
     print(markdown_table(rows))
     for r in rows:
         print(f"{r['approach']}: fit wall {r['fit_wall']}s, train {r['train_seconds']}s, per epoch {r['epoch_seconds']}s")
+    print("\n### enhancement at equal accuracy (held-out FGSM accuracy after each epoch @ training seconds)\n")
+    print("\n".join(equal_accuracy_rows(curves)))
 
     # damage location
     print("\n## damage location (implicit, increment, reference_model = undamaged model)\n")
@@ -184,13 +238,18 @@ def main() -> None:
     before = {"acc_before": accuracy(mutant, (xr, yr)), "clean_before": accuracy(mutant, clean)}
     rows = []
     modular = ModularRepair(mutant, arch, rk[0][0], ref, tgt, **opts)
+    curves = {}
     for name, task in (("modular (located)", modular), ("full", FullFinetune.from_task(modular))):
-        wall = fit(task, args.epochs)
+        curve = AccuracyCurve((xr, yr))
+        wall = fit(task, args.epochs, curve)
+        curves[name] = curve.points
         rows.append(table_row("repair", name, task, drop=0.1, **before, acc_after=accuracy(task.model, (xr, yr)),
                               clean_after=accuracy(task.model, clean)) | {"fit_wall": round(wall, 2)})
     print(f"\n## repair: mutant drop 0.1 (accuracy {before['acc_before']:.4f} on 2,000 training images), "
           f"{args.epochs} epochs\n")
     print(markdown_table(rows))
+    print("\n### repair at equal accuracy (accuracy on the 2,000 repaired images after each epoch @ training seconds)\n")
+    print("\n".join(equal_accuracy_rows(curves)))
 
 
 if __name__ == "__main__":

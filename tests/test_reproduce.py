@@ -230,6 +230,11 @@ def test_rq3_tiny_writes_table2(tmp_path):
     assert rows[0]["layers_removed_mean"] == 0 and rows[1]["layers_removed_mean"] >= 1
     assert {"d_remaining_pct_mean", "d_rounds_mean", "d_acc_pct_mean"} <= set(data["tables"]["deltas"][0])
     assert res["computed"] == 3 and (tmp_path / "rq3" / "rq3.md").exists()
+    assert (tmp_path / "rq3" / "table2_rounds.png").stat().st_size > 1000
+    assert "table2_rounds.png" in (tmp_path / "rq3" / "rq3.md").read_text()
+    cells = [json.loads(p.read_text())["result"] for p in (tmp_path / "rq3" / "cells").glob("*.json")]
+    starts = sorted(c["start_remaining"] for c in cells if "start_remaining" in c)
+    assert starts[-1] == 1.0 and 0.0 < starts[0] < 1.0  # the reduced model starts smaller than the original
 
 
 def test_rq4_tiny_writes_table3(tmp_path):
@@ -251,3 +256,4 @@ def test_rq4_tiny_writes_table3(tmp_path):
     assert {r["task"] for r in tables["time_change"]} == {"enhance", "repair"}
     assert res["computed"] == 3
     assert list((tmp_path / "rq4" / "runs").glob("*/readapt_enhance.md"))
+    assert (tmp_path / "rq4" / "table3_time_accuracy.png").stat().st_size > 1000

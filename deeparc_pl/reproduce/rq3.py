@@ -19,10 +19,10 @@ from .report import Report, RunLogger, aggregate, check_outputs
 from .rq2 import load_subject, subject_cell, subject_configs
 from .subjects import make_data, process_rank
 
-__all__ = ["run_rq3", "rq3_configs", "subject_section", "PAPER_TABLE_II"]
+__all__ = ["run_rq3", "rq3_configs", "subject_section", "plot_rounds", "PAPER_TABLE_II"]
 
 VERSION = 1
-OUTPUTS = ("rq3.md", "rq3.json")
+OUTPUTS = ("rq3.md", "rq3.json", "table2_rounds.png")
 #: Table II of the paper (ResNet on CIFAR-10): pruner -> (compression rate %, iterations, accuracy %),
 #: without and with DeepArc.
 PAPER_TABLE_II = {
@@ -112,6 +112,51 @@ def _table2(derived: list[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[list[
     return agg, dagg
 
 
+def plot_rounds(derived: list[tuple[dict[str, Any], dict[str, Any]]], path: Path, overwrite: bool = False) -> Path:
+    """Test accuracy against remaining weights, round by round, per pruner (solid: plain, dashed:
+    DeepArc reduction first; x: a rejected round). The first seed of each pruner is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..architecture.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    colors: dict[str, Any] = {}
+    drawn: set[tuple[str, bool]] = set()
+    step = 0.2
+    for c, r in derived:
+        key = (c["method"], bool(c["deeparc"]))
+        if key in drawn:
+            continue
+        drawn.add(key)
+        color = colors.setdefault(c["method"], f"C{len(colors)}")
+        step = float(c["settings"]["step"])
+        hist = r.get("history") or []
+        start = r.get("start_remaining")
+        if start is None:  # cells written before start_remaining was recorded
+            start = hist[0]["remaining"] / (1.0 - step) if hist and c["deeparc"] else 1.0
+        kept = [(100 * start, 100 * r["start_acc"])] + [(100 * h["remaining"], 100 * h["test_acc"])
+                                                         for h in hist if h["accepted"]]
+        style = "--" if c["deeparc"] else "-"
+        ax.plot(*zip(*kept), style, marker="o", ms=3, color=color,
+                label=f"{c['method']}{' + DeepArc' if c['deeparc'] else ''}")
+        for h in hist:
+            if not h["accepted"]:
+                ax.plot([100 * h["remaining"]], [100 * h["test_acc"]], "x", color=color, ms=7)
+    if derived:
+        floor = 100 * (derived[0][1]["original_acc"] - float(derived[0][0]["settings"]["tolerance"]))
+        ax.axhline(floor, color="grey", lw=0.8, ls=":", label="tolerance floor")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("remaining prunable weights (% of the original, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Iterative pruning, {100 * step:.0f} % of the remaining weights per round")
+    ax.legend(fontsize=7, ncol=2)
+    return save_figure(fig, path, overwrite)
+
+
 def run_rq3(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Compute missing cells, then write ``rq3.md`` and ``rq3.json`` under ``{out}/rq3``."""
     folder = Path(str(cfg.out)) / "rq3"
@@ -150,10 +195,13 @@ def run_rq3(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> 
         if deltas:
             report.table("deltas", deltas, "With minus without DeepArc, paired by seed (paper: iterations -1 on "
                          "average, 6.75 -> 5.75)")
+        plot_rounds(derived, folder / OUTPUTS[2], overwrite)
+        report.figure(folder / OUTPUTS[2], "Test accuracy against remaining weights, round by round (x: rejected)")
         report.data["cells"] = {"total": len(subj_cfgs) + len(cells), "computed": store.computed,
                                 "reused": store.reused}
         for name, t in report.tables.items():
             logger.log_table(f"rq3/{name}", t)
+        logger.log_image("rq3/rounds", folder / OUTPUTS[2])
         md, js = report.write(folder, "rq3", overwrite=overwrite)
     finally:
         logger.finish()

@@ -28,10 +28,10 @@ from .rq2 import subject_cell, subject_configs
 from .rq3 import subject_section
 from .subjects import process_rank
 
-__all__ = ["run_rq4", "rq4_configs", "PAPER_TABLE_III"]
+__all__ = ["run_rq4", "rq4_configs", "plot_time_accuracy", "PAPER_TABLE_III"]
 
 VERSION = 1
-OUTPUTS = ("rq4.md", "rq4.json")
+OUTPUTS = ("rq4.md", "rq4.json", "table3_time_accuracy.png")
 #: The paper's averages over its three models (Table III and its text).
 PAPER_TABLE_III = {"enhance_time_change_pct": -41.8, "repair_time_change_pct": -23.9, "repair_accuracy": 0.976}
 _READAPT_KEYS = ("readapt", "locate")
@@ -143,6 +143,42 @@ def _tables(derived: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, l
     return out
 
 
+def plot_time_accuracy(derived: list[tuple[dict[str, Any], dict[str, Any]]], path: Path,
+                       overwrite: bool = False) -> Path | None:
+    """Per cell, modular versus full: training seconds (left) and accuracy after on the adapted set (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..architecture.plots import save_figure
+
+    labels, secs, accs = [], {"modular": [], "full": []}, {"modular": [], "full": []}
+    for c, r in derived:
+        by = {row["approach"]: row for row in r.get("rows", [])}
+        if "modular" not in by or "full" not in by:
+            continue
+        what = c["attack"] if c["kind"] == "enhance" else f"repair {c['drop']:g}"
+        labels.append(f"{what}\ns{c['seed']}" + (f" m{c['mutant']}" if c["kind"] == "repair" else ""))
+        for k in ("modular", "full"):
+            secs[k].append(float(by[k]["train_seconds"] or 0.0))
+            accs[k].append(float(by[k]["acc_after"] if by[k]["acc_after"] is not None else float("nan")))
+    if not labels:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.3 * len(labels) + 3), 3.6))
+    width = 0.38
+    pos = list(range(len(labels)))
+    for ax, vals, ylabel in ((axes[0], secs, "training time (s)"), (axes[1], accs, "accuracy after (adapted set)")):
+        ax.bar([p - width / 2 for p in pos], vals["modular"], width, label="modular (located module)")
+        ax.bar([p + width / 2 for p in pos], vals["full"], width, label="full")
+        ax.set_xticks(pos)
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_ylabel(ylabel)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Table III: modular versus full re-adaption")
+    return save_figure(fig, path, overwrite)
+
+
 def run_rq4(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Compute missing cells, then write ``rq4.md`` and ``rq4.json`` under ``{out}/rq4``."""
     folder = Path(str(cfg.out)) / "rq4"
@@ -173,6 +209,9 @@ def run_rq4(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> 
                                  "repair accuracy 0.976 on average)"}
         for name, rows in tables.items():
             report.table(name, rows, titles[name])
+        if plot_time_accuracy([(c, res) for (c, _), res in zip(cells, results)], folder / OUTPUTS[2], overwrite):
+            report.figure(folder / OUTPUTS[2], "Training time and accuracy after, modular versus full, per cell")
+            logger.log_image("rq4/time_accuracy", folder / OUTPUTS[2])
         skipped = [res for res in results if res.get("skipped")]
         if skipped:
             report.text("Skipped repair cells: " + "; ".join(s_["skipped"] for s_ in skipped))

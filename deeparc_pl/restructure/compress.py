@@ -91,6 +91,7 @@ class CompressionResult:
     cost: ModelCost | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    start_remaining: float = 1.0  # prunable share of the original left after layer reduction (1.0 without)
 
     @property
     def label(self) -> str:
@@ -126,6 +127,7 @@ class CompressionResult:
             "cost": self.cost.to_dict() if self.cost else None,
             "settings": dict(self.settings),
             "seconds": self.seconds,
+            "start_remaining": self.start_remaining,
         }
 
 
@@ -337,6 +339,7 @@ def compress(
         pruner=str(plugin.name), deeparc=architecture is not None, model=current, original_acc=original_acc,
         start_acc=start_acc, final_acc=final_acc, rounds=len(accepted_rounds), stop_reason=stop, history=history,
         reduction=reduction, original_prunable=original_prunable, original_params=original_params,
+        start_remaining=start_prunable / max(original_prunable, 1),
         settings={"tolerance": tolerance, "target_sparsity": target_sparsity, "step": step,
                   "finetune_epochs": finetune_epochs, "lr": lr, "optimizer": optimizer, "max_rounds": max_rounds,
                   "reduce_k": reduce_k, "reduce_modules": list(reduce_modules) if reduce_modules else None,
