@@ -71,8 +71,8 @@ class AccuracyCurve(pl.Callback):
         acc = accuracy(task.model, self.data)
         task.train()  # re-applies frozen-leaf eval modes
         spent = time.perf_counter() - t0
-        # the task's clock for this epoch is still running: its elapsed part minus this evaluation
-        elapsed = task.setup_seconds + sum(task.epoch_seconds) + (t0 - task._epoch_t0)
+        # finished epochs' clocks still include the earlier evaluations; this epoch's clock is running
+        elapsed = task.setup_seconds + sum(task.epoch_seconds) - sum(self.eval_seconds) + (t0 - task._epoch_t0)
         self.points.append((round(elapsed, 2), acc))
         self.eval_seconds.append(spent)
 
@@ -122,26 +122,45 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--long-factor", type=int, default=5, help="epochs factor of the time-matched last-module row")
     p.add_argument("--model-cache", type=Path, default=None, help="reuse/save the trained model's state dict here")
+    p.add_argument("--skip-last", action="store_true", help="do not also train the last module (saves time)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="a deeparc checkpoint trained on normalised Fashion-MNIST (e.g. from `deeparc train`) "
+                        "instead of training --model here; inputs and eps are normalised to match")
+    p.add_argument("--method", default="progressive", help="partition rule (progressive, adjacent, optimal)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pl.seed_everything(args.seed)
 
     x, y = load_idx(args.data_dir, "train", args.train_samples)
     xt, yt = load_idx(args.data_dir, "t10k", 2000)
-    model = build(args.model, 10, in_channels=1, image_size=28)
-    if args.model_cache and args.model_cache.exists():
-        model.load_state_dict(torch.load(args.model_cache, weights_only=True))
+    clip = (0.0, 1.0)
+    if args.checkpoint is not None:
+        from deeparc_pl.data.sources import DATASETS
+        from deeparc_pl.models.checkpoint import load_model
+
+        spec = DATASETS["fashion_mnist"]
+        mean, std = spec.mean[0], spec.std[0]
+        x, xt = (x - mean) / std, (xt - mean) / std
+        args.eps, clip = args.eps / std, spec.clip_values  # the same pixel-space budget
+        model, _ = load_model(args.checkpoint, {})
         model.eval()
+        args.model = f"{args.checkpoint.name} ({type(model).__name__})"
     else:
-        t0 = time.perf_counter()
-        train(model, x, y, args.train_epochs)
-        print(f"trained {args.model} in {time.perf_counter() - t0:.1f}s")
-        if args.model_cache:
-            torch.save(model.state_dict(), args.model_cache)
+        model = build(args.model, 10, in_channels=1, image_size=28)
+        if args.model_cache and args.model_cache.exists():
+            model.load_state_dict(torch.load(args.model_cache, weights_only=True))
+            model.eval()
+        else:
+            t0 = time.perf_counter()
+            train(model, x, y, args.train_epochs)
+            print(f"trained {args.model} in {time.perf_counter() - t0:.1f}s")
+            if args.model_cache:
+                torch.save(model.state_dict(), args.model_cache)
     print(f"clean test acc {accuracy(model, (xt, yt)):.4f}")
 
     ds = torch.utils.data.TensorDataset(xt[:1000], yt[:1000])
-    arch = modularize(model, torch.utils.data.DataLoader(ds, batch_size=250), threshold=args.threshold)
+    arch = modularize(model, torch.utils.data.DataLoader(ds, batch_size=250), threshold=args.threshold,
+                      method=args.method)
     # a briefly trained model is very smooth: raise the threshold until there are >= 3 modules
     for th in (args.threshold, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999):
         if th >= args.threshold:
@@ -151,8 +170,8 @@ def main() -> None:
     adjacent = [round(float(arch.similarity[i, i + 1]), 4) for i in range(arch.num_layers - 1)]
     print(arch, arch.modules, "adjacent CKA", adjacent)
 
-    adv = generate(model, (x[: args.samples], y[: args.samples]), "fgsm", eps=args.eps, clip_values=(0.0, 1.0))
-    held = generate(model, (xt[1000:1500], yt[1000:1500]), "fgsm", eps=args.eps, clip_values=(0.0, 1.0))
+    adv = generate(model, (x[: args.samples], y[: args.samples]), "fgsm", eps=args.eps, clip_values=clip)
+    held = generate(model, (xt[1000:1500], yt[1000:1500]), "fgsm", eps=args.eps, clip_values=clip)
     clean = (xt[1500:2000], yt[1500:2000])
     t0 = time.perf_counter()
     ranking = locate(model, arch, (adv.x, adv.y), (adv.x_adv, adv.y), mode="explicit")
@@ -161,7 +180,7 @@ def main() -> None:
     before = {"acc_before": accuracy(model, (adv.x_adv, adv.y)), "heldout_before": accuracy(model, (held.x_adv, held.y)),
               "clean_before": accuracy(model, clean)}
     candidates = [("modular (located)", ranking[0][0], args.epochs)]
-    if arch.num_modules - 1 != ranking[0][0]:
+    if arch.num_modules - 1 != ranking[0][0] and not args.skip_last:
         last = arch.num_modules - 1
         candidates.append(("modular (last module)", last, args.epochs))
         candidates.append((f"modular (last module, {args.long_factor}x epochs)", last, args.epochs * args.long_factor))

@@ -148,9 +148,8 @@ def plot_rounds(derived: list[tuple[dict[str, Any], dict[str, Any]]], path: Path
     if derived:
         floor = 100 * (derived[0][1]["original_acc"] - float(derived[0][0]["settings"]["tolerance"]))
         ax.axhline(floor, color="grey", lw=0.8, ls=":", label="tolerance floor")
-    ax.set_xscale("log")
     ax.invert_xaxis()
-    ax.set_xlabel("remaining prunable weights (% of the original, log scale)")
+    ax.set_xlabel("remaining prunable weights (% of the original)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Iterative pruning, {100 * step:.0f} % of the remaining weights per round")
     ax.legend(fontsize=7, ncol=2)
