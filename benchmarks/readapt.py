@@ -127,6 +127,7 @@ def main() -> None:
                    help="a deeparc checkpoint trained on normalised Fashion-MNIST (e.g. from `deeparc train`) "
                         "instead of training --model here; inputs and eps are normalised to match")
     p.add_argument("--method", default="progressive", help="partition rule (progressive, adjacent, optimal)")
+    p.add_argument("--only-enhance", action="store_true", help="stop after the enhancement comparison")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pl.seed_everything(args.seed)
@@ -211,6 +212,9 @@ def main() -> None:
         print(f"{r['approach']}: fit wall {r['fit_wall']}s, train {r['train_seconds']}s, per epoch {r['epoch_seconds']}s")
     print("\n### enhancement at equal accuracy (held-out FGSM accuracy after each epoch @ training seconds)\n")
     print("\n".join(equal_accuracy_rows(curves)))
+
+    if args.only_enhance:
+        return
 
     # damage location
     print("\n## damage location (implicit, increment, reference_model = undamaged model)\n")
