@@ -89,12 +89,17 @@ def _compress_cell(cfg: DictConfig, config: dict[str, Any], subject_result: dict
 def _table2(derived: list[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[list[dict], list[dict]]:
     rows = []
     for c, r in derived:
+        cost = r.get("cost") or {}
         rows.append({"pruner": c["method"], "deeparc": c["deeparc"], "seed": c["seed"],
                      "remaining_pct": 100 * r["remaining"], "rounds": r["rounds"], "test_acc_pct": 100 * r["final_acc"],
                      "original_acc_pct": 100 * r["original_acc"], "seconds": r["seconds"],
-                     "layers_removed": len((r.get("reduction") or {}).get("removed", []) or [])})
+                     "layers_removed": len((r.get("reduction") or {}).get("removed", []) or []),
+                     "params_nonzero": cost.get("params_nonzero", float("nan")),
+                     "mmacs_nonzero": cost.get("macs_nonzero", float("nan")) / 1e6,
+                     "latency_ms": cost.get("latency_ms", float("nan"))})
     agg = aggregate(rows, ["pruner", "deeparc"], ["remaining_pct", "rounds", "test_acc_pct", "original_acc_pct",
-                                                  "seconds", "layers_removed"])
+                                                  "seconds", "layers_removed", "params_nonzero", "mmacs_nonzero",
+                                                  "latency_ms"])
     for row in agg:
         paper = PAPER_TABLE_II.get(row["pruner"])
         if paper:
