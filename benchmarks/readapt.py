@@ -23,7 +23,6 @@ import copy
 import time
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 

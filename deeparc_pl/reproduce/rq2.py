@@ -27,8 +27,8 @@ from ..cli.common import console, plain
 from .cells import CellStore, run_cells
 from .probe import layer_features, pair_differences, probe_accuracies
 from .report import Report, RunLogger, aggregate, check_outputs, line_plot
-from .subjects import (cka_settings, count_parameters, data_settings, fit_subject, make_data, measure_architecture,
-                       process_rank, seed_list, train_settings)
+from .subjects import (cka_settings, count_parameters, data_settings, fit_subject, lazy_data, make_data,
+                       measure_architecture, process_rank, seed_list, train_settings)
 
 __all__ = ["subject_configs", "subject_cell", "load_subject", "rq2_subject_configs", "variant_families", "run_rq2", "summarize_rq2", "PAPER_TABLE_I"]
 
@@ -389,13 +389,7 @@ def run_rq2(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> 
             return {"folder": folder, "computed": store.computed, "reused": store.reused}
         cells = []
         for sc, sr in zip(subj_cfgs, subj_res):
-            dm_holder: dict[str, Any] = {}
-
-            def dm_for(sc=sc, holder=dm_holder):
-                if "dm" not in holder:
-                    holder["dm"] = make_data(cfg, sc["fraction"], sc["classes"], sc["seed"])
-                return holder["dm"]
-
+            dm_for = lazy_data(cfg, sc)
             for dc in _derived_configs(cfg, sc):
                 if dc["kind"] == "accuracy":
                     fn = (lambda dc=dc, sr=sr, dm_for=dm_for: _accuracy_cell(cfg, sr, dc["variant"], folder, dm_for()))

@@ -17,7 +17,7 @@ from ..cli.common import console, plain
 from .cells import CellStore, run_cells
 from .report import Report, RunLogger, aggregate, check_outputs
 from .rq2 import load_subject, subject_cell, subject_configs
-from .subjects import make_data, process_rank
+from .subjects import lazy_data, process_rank
 
 __all__ = ["run_rq3", "rq3_configs", "subject_section", "plot_rounds", "PAPER_TABLE_II"]
 
@@ -120,12 +120,7 @@ def _table2(derived: list[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[list[
 def plot_rounds(derived: list[tuple[dict[str, Any], dict[str, Any]]], path: Path, overwrite: bool = False) -> Path:
     """Test accuracy against remaining weights, round by round, per pruner (solid: plain, dashed:
     DeepArc reduction first; x: a rejected round). The first seed of each pruner is drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..architecture.plots import save_figure
+    from ..architecture.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     colors: dict[str, Any] = {}
@@ -177,13 +172,7 @@ def run_rq3(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> 
             return {"folder": folder, "computed": store.computed, "reused": store.reused}
         cells = []
         for sc, sr in zip(subj_cfgs, subj_res):
-            holder: dict[str, Any] = {}
-
-            def dm_for(sc=sc, holder=holder):
-                if "dm" not in holder:
-                    holder["dm"] = make_data(cfg, sc["fraction"], sc["classes"], sc["seed"])
-                return holder["dm"]
-
+            dm_for = lazy_data(cfg, sc)
             for dc in rq3_configs(cfg, sc):
                 cells.append((dc, (lambda dc=dc, sr=sr, dm_for=dm_for: _compress_cell(cfg, dc, sr, folder, dm_for()))))
         results = run_cells(store, cells, "rq3", progress, on_result=logger.log_cell)

@@ -146,12 +146,7 @@ def _tables(derived: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, l
 def plot_time_accuracy(derived: list[tuple[dict[str, Any], dict[str, Any]]], path: Path,
                        overwrite: bool = False) -> Path | None:
     """Per cell, modular versus full: training seconds (left) and accuracy after on the adapted set (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..architecture.plots import save_figure
+    from ..architecture.plots import plt, save_figure
 
     labels, secs, accs = [], {"modular": [], "full": []}, {"modular": [], "full": []}
     for c, r in derived:
@@ -187,7 +182,6 @@ def run_rq4(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> 
     store = CellStore(folder / "cells", write=rank == 0)
     logger = RunLogger(str(cfg.logger), folder, "reproduce-rq4", plain(cfg), enabled=rank == 0)
     try:
-        r = cfg.rq4
         subj_cfgs = subject_configs(cfg, "rq4", subject_section(cfg))
         subj_res = run_cells(store, [(c, (lambda c=c: subject_cell(cfg, c, folder, rank == 0))) for c in subj_cfgs],
                              "rq4 subjects", progress, on_result=logger.log_cell)

@@ -8,7 +8,7 @@ runs on one process with ``deeparc_pl.modularize``.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
@@ -41,6 +41,19 @@ def cka_settings(cfg: DictConfig) -> dict[str, Any]:
     return {"estimator": str(c.estimator), "batch_size": int(c.batch_size), "passes": int(c.passes),
             "split": str(c.split), "samples": None if c.samples is None else int(c.samples),
             "threshold": float(cfg.threshold), "method": str(cfg.method)}
+
+
+def lazy_data(cfg: DictConfig, subject: dict[str, Any]) -> Callable[[], Any]:
+    """A zero-argument function that makes the subject's data module on first call and reuses it
+    (cells that are all reused never load the data)."""
+    holder: dict[str, Any] = {}
+
+    def get() -> Any:
+        if "dm" not in holder:
+            holder["dm"] = make_data(cfg, subject["fraction"], subject["classes"], subject["seed"])
+        return holder["dm"]
+
+    return get
 
 
 def make_data(cfg: DictConfig, fraction: float, classes: Any, seed: int):
