@@ -63,6 +63,31 @@ def fmnist_resnet(fmnist_dir):
     return model, dm, before
 
 
+@pytest.fixture(scope="session")
+def fmnist_mlp(fmnist_dir):
+    """A small MLP (784-64-10) trained 5 epochs with Adam on the first 3,000 real Fashion-MNIST training
+    images in [0, 1], as ``(model, x, y)`` (shared by the attack and mutant tests; eval mode)."""
+    from torch import nn
+
+    from deeparc_pl.data import read_idx
+
+    torch.manual_seed(0)
+    images = read_idx(fmnist_dir / "train-images-idx3-ubyte.gz")[:3000]
+    labels = read_idx(fmnist_dir / "train-labels-idx1-ubyte.gz")[:3000]
+    x = torch.tensor(images, dtype=torch.float32).div(255.0).unsqueeze(1)
+    y = torch.tensor(labels, dtype=torch.long)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(5):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), 64):
+            idx = perm[i : i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval(), x, y
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for modules of tiny models: on a small shared CPU one thread is many times

@@ -25,26 +25,12 @@ def _fmnist(root: Path, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]
     return x, torch.from_numpy(np.array(labels, dtype=np.int64))
 
 
-def _mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(fmnist_dir: Path) -> tuple[nn.Module, TensorDataset]:
-    torch.manual_seed(0)
-    x, y = _fmnist(fmnist_dir, "train", 3000)
-    model = _mlp()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(5):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 64):
-            idx = perm[i : i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
+def trained(fmnist_dir: Path, fmnist_mlp) -> tuple[nn.Module, TensorDataset]:
+    model = fmnist_mlp[0]
     xt, yt = _fmnist(fmnist_dir, "t10k", 500)
     test = TensorDataset(xt, yt)
     assert accuracy(model, test) > 0.75

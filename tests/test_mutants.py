@@ -1,42 +1,21 @@
 """Repair mutants: seeded weight replacement that hits a requested accuracy drop, on real Fashion-MNIST."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from deeparc_pl.data import read_idx
 from deeparc_pl.readapt.mutants import MutationTargetError, mutable_weights, mutate
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    return np.asarray(read_idx(path))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(fmnist_dir: Path) -> tuple[nn.Module, TensorDataset]:
-    torch.manual_seed(0)
-    images = _read_idx(fmnist_dir / "train-images-idx3-ubyte.gz")[:3000]
-    labels = _read_idx(fmnist_dir / "train-labels-idx1-ubyte.gz")[:3000]
-    x = torch.from_numpy(np.array(images, dtype=np.float32) / 255.0).unsqueeze(1)
-    y = torch.from_numpy(np.array(labels, dtype=np.int64))
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(5):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 64):
-            idx = perm[i : i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval(), TensorDataset(x[:2000], y[:2000])  # the paper measures training accuracy
+def trained(fmnist_mlp) -> tuple[nn.Module, TensorDataset]:
+    model, x, y = fmnist_mlp
+    return model, TensorDataset(x[:2000], y[:2000])  # the paper measures training accuracy
 
 
 @torch.no_grad()
