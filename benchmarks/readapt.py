@@ -58,22 +58,25 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int)
 class AccuracyCurve(pl.Callback):
     """Accuracy on ``data`` after every epoch, with the training time spent so far (evaluation excluded).
 
-    Callbacks' ``on_train_epoch_end`` run before the task's, whose epoch clock stops after them, so the
-    evaluation's own duration is recorded and subtracted from the epoch it fell in.
+    It keeps its own clock over the epochs. Callbacks' ``on_train_epoch_end`` run before the task's,
+    whose epoch clock stops after them, so each evaluation's duration is also recorded for ``fit`` to
+    take back out of the task's ``epoch_seconds``.
     """
 
     def __init__(self, data: tuple[torch.Tensor, torch.Tensor]) -> None:
         self.data, self.points, self.eval_seconds = data, [], []
+        self._trained = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, task: pl.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, task: pl.LightningModule) -> None:
         t0 = time.perf_counter()
+        self._trained += t0 - self._epoch_start
         acc = accuracy(task.model, self.data)
         task.train()  # re-applies frozen-leaf eval modes
-        spent = time.perf_counter() - t0
-        # finished epochs' clocks still include the earlier evaluations; this epoch's clock is running
-        elapsed = task.setup_seconds + sum(task.epoch_seconds) - sum(self.eval_seconds) + (t0 - task._epoch_t0)
-        self.points.append((round(elapsed, 2), acc))
-        self.eval_seconds.append(spent)
+        self.points.append((round(task.setup_seconds + self._trained, 2), acc))
+        self.eval_seconds.append(time.perf_counter() - t0)
 
 
 def fit(task: pl.LightningModule, epochs: int, curve: AccuracyCurve | None = None) -> float:
