@@ -1,8 +1,10 @@
 """Benchmark: all L x L linear-CKA pairs of a random-initialised CIFAR ResNet-n (issue 4).
 
 In ONE process, on the same batches of random inputs, measure
-  (a) forward passes alone (the floor),
-  (b) ours: ``CKAMatrix`` (minibatch estimator) fed by ``LayerTaps``,
+  (a) forward passes alone, of the model as given (what every peer runs),
+  (a') forward passes alone of a channels-last copy (what ours runs on CPU by default),
+  (b) ours: ``similarity_matrix`` (the path ``modularize`` takes: minibatch estimator, Grams in the
+      forward hooks, channels-last copy), (b-) the same with ``channels_last=False``,
   (c) pytorch-cka 1.1.3 (``cka.compute_cka``) and (d) torch-cka 0.21 (``torch_cka.CKA``),
   (e) a float64 reference of the same minibatch estimator (pairwise, written here),
 and report wall time, extra peak memory and the largest |deviation| from (e).
@@ -10,8 +12,9 @@ and report wall time, extra peak memory and the largest |deviation| from (e).
 Peak memory: a thread samples the process RSS (/proc/self/statm) every 2 ms; we report the
 high-water mark minus the RSS just before the phase (after gc and glibc malloc_trim), so the shared
 model and inputs are excluded.
-Ours is also run at half the samples to show its memory does not grow with n. (a) and (b) are
-run round-robin with (c) ``--repeats`` times; the fastest run of each is reported (the machine may be shared).
+Ours is also run at half the samples to show its memory does not grow with n. (a), (a'), (b),
+(b-) and (c) run round-robin ``--repeats`` times; the fastest and the median run of each are
+reported, and the ratios of the medians (the machine may be shared).
 
     .venv/bin/python benchmarks/cka.py [--samples 2000 --batch 250 --depth 56]
 """
@@ -36,7 +39,8 @@ from torch.utils.data import DataLoader, TensorDataset
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
-from deeparc_pl.similarity.stream import ActivationStream  # noqa: E402
+from deeparc_pl.architecture.modularize import similarity_matrix  # noqa: E402
+from deeparc_pl.similarity.layout import channels_last_copy, to_channels_last  # noqa: E402
 from deeparc_pl.taps import LayerTaps  # noqa: E402
 
 
@@ -100,14 +104,17 @@ def forward_only(model: nn.Module, batches: list[torch.Tensor]) -> None:
             model(x)
 
 
-def ours(model: nn.Module, names: list[str], batches: list[torch.Tensor]) -> torch.Tensor:
-    """The library's path (``modularize`` and ``CKACallback`` use it): Grams computed in the hooks."""
-    stream = ActivationStream(model, names, "minibatch")
-    with torch.no_grad(), stream:
+def forward_channels_last(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """(a'): the copy ours makes, timed with its making and the input conversion."""
+    fast = channels_last_copy(model)
+    with torch.no_grad():
         for x in batches:
-            model(x)
-            stream.update()
-    return stream.compute()
+            fast(to_channels_last(x))
+
+
+def ours(model: nn.Module, names: list[str], batches: list[torch.Tensor], channels_last: bool = True) -> torch.Tensor:
+    """The library's path (``modularize`` calls it): Grams computed in the hooks, channels-last copy."""
+    return similarity_matrix(model, batches, names, "minibatch", channels_last=channels_last)[1]
 
 
 def _hsic1_pair(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
@@ -179,10 +186,12 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     forward_only(model, batches[:1])  # warm-up (allocator, oneDNN kernels)
-    # (a), (b) and (c) run round-robin ``--repeats`` times so all three see the same machine load;
-    # the fastest run of each is reported, and the median beside it.
-    timed = [("(a) forward only", "forward", lambda: forward_only(model, batches)),
-             ("(b) ours: ActivationStream (Grams in hooks)", "ours", lambda: ours(model, names, batches))]
+    # (a), (a'), (b), (b-) and (c) run round-robin ``--repeats`` times so all see the same machine
+    # load; the fastest and the median run of each are reported, the ratios between medians.
+    timed = [("(a) forward only (model as given)", "forward", lambda: forward_only(model, batches)),
+             ("(a') forward only, channels-last copy", "forward-cl", lambda: forward_channels_last(model, batches)),
+             ("(b) ours: similarity_matrix (channels-last copy)", "ours", lambda: ours(model, names, batches)),
+             ("(b-) ours, channels_last=False", "ours-nchw", lambda: ours(model, names, batches, False))]
     if "pytorch-cka" not in args.skip:
         timed.append(("(c) pytorch-cka 1.1.3", "pytorch-cka", lambda: pytorch_cka(model, names, batches)))
     runs: dict[str, list] = {key: [] for _, key, _ in timed}
@@ -190,32 +199,36 @@ def main() -> None:
         for _, key, fn in timed:
             runs[key].append(measure(fn))
     best = {key: min(r, key=lambda x: x[0]) for key, r in runs.items()}
+    median = {key: statistics.median(x[0] for x in r) for key, r in runs.items()}
     for key, r in runs.items():
-        print(f"{key} runs (s): {[round(x[0], 2) for x in r]}  median {statistics.median(x[0] for x in r):.2f}")
-    wall_f = best["forward"][0]
-    rows = [(label, *best[key]) for label, key, _ in timed]
+        print(f"{key} runs (s): {[round(x[0], 2) for x in r]}  median {median[key]:.2f}")
+    # ratio of medians over the round-robin, where a method ran in every round; else of the one run
+    rows = [(label, *best[key], median[key]) for label, key, _ in timed]
     wall_h, mem_h, _ = measure(lambda: ours(model, names, half))
-    rows.insert(2, (f"(b') ours at {sum(len(b) for b in half)} samples", wall_h, mem_h, None))
+    rows.insert(4, (f"(b') ours at {sum(len(b) for b in half)} samples", wall_h, mem_h, None, wall_h))
+    nan = float("nan")
     if "pytorch-cka" in args.skip:
-        rows.append(("(c) pytorch-cka 1.1.3 (skipped)", float("nan"), float("nan"), None))
+        rows.append(("(c) pytorch-cka 1.1.3 (skipped)", nan, nan, None, nan))
     if "torch-cka" in args.skip:
-        rows.append(("(d) torch-cka 0.21 (skipped)", float("nan"), float("nan"), None))
+        rows.append(("(d) torch-cka 0.21 (skipped)", nan, nan, None, nan))
     else:
         try:
-            rows.append(("(d) torch-cka 0.21", *measure(lambda: torch_cka(model, names, batches))))
+            wall_d, mem_d, out_d = measure(lambda: torch_cka(model, names, batches))
+            rows.append(("(d) torch-cka 0.21", wall_d, mem_d, out_d, wall_d))
         except Exception as exc:  # report honestly and keep going
             print(f"torch-cka failed: {type(exc).__name__}: {exc}")
-            rows.append((f"(d) torch-cka 0.21 (failed: {type(exc).__name__})", float("nan"), float("nan"), None))
+            rows.append((f"(d) torch-cka 0.21 (failed: {type(exc).__name__})", nan, nan, None, nan))
     wall_r, mem_r, ref = measure(lambda: reference64(model, names, batches))
-    rows.append(("(e) float64 reference (pairwise)", wall_r, mem_r, ref))
+    rows.append(("(e) float64 reference (pairwise)", wall_r, mem_r, ref, wall_r))
 
+    base, base_cl = median["forward"], median["forward-cl"]
     print()
-    print("| method | wall time (s) | x forward | extra peak RSS (MiB) | max abs deviation from (e) |")
-    print("|---|---:|---:|---:|---:|")
-    for label, wall, mem, out in rows:
+    print("| method | fastest (s) | median (s) | x (a), medians | x (a'), medians | extra peak RSS (MiB) "
+          "| max abs deviation from (e) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, wall, mem, out, med in rows:
         dev = "" if out is None else f"{float((out.double() - ref).abs().max()):.1e}"
-        print(f"| {label} | {wall:.2f} | {wall / wall_f:.2f} | {mem:.0f} | {dev} |")
-
+        print(f"| {label} | {wall:.2f} | {med:.2f} | {med / base:.2f} | {med / base_cl:.2f} | {mem:.0f} | {dev} |")
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from deeparc_pl.cli.main import main
@@ -35,6 +36,15 @@ def test_train_then_modularize_from_checkpoint(tmp_path, capsys):
     assert [r["threshold"] for r in sweep] == [0.9, 0.93, 0.96, 0.99]
     for png in ("similarity.png", "modules.png", "modularity.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # on CPU the passes run a channels-last copy by default; the model as given gives the same matrix
+    assert arch["meta"]["channels_last"] is True
+    plain_out = tmp_path / "plain"
+    assert main(["modularize", f"model.weights={ckpt}", f"out={plain_out}", "threshold=0.95",
+                 "cka.channels_last=false", *TINY]) == 0
+    given = json.loads((plain_out / "architecture.json").read_text())
+    assert given["meta"]["channels_last"] is False
+    diff = abs(np.array(given["similarity"]) - np.array(arch["similarity"])).max()
+    assert 0 < diff < 1e-6
 
 
 @pytest.mark.parametrize(

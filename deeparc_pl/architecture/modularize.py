@@ -7,6 +7,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..similarity.layout import prefer_channels_last, to_channels_last
 from ..similarity.stream import ActivationStream
 from .semantic import SemanticArchitecture
 
@@ -31,30 +32,42 @@ def similarity_matrix(
     passes: int = 1,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    channels_last: bool | None = None,
 ) -> tuple[list[str], torch.Tensor, dict[str, Any]]:
     """Stream ``dataloader`` through ``model`` and return (layer names, CKA matrix, stats).
 
     The model is put in eval mode for the passes (batch norm in inference mode, as the authors
     did) and its mode is restored after; nothing else about it changes. ``passes`` iterates the
-    loader again (a shuffling loader gives new batches each pass).
+    loader again (a shuffling loader gives new batches each pass). ``channels_last`` (default: on
+    CPU for a convolutional model) runs a channels-last copy of the model instead, which is faster
+    on CPU and gives the same matrix (:mod:`~deeparc_pl.similarity.layout`); ``False`` runs the
+    model as given (e.g. when a second copy of its weights does not fit in memory).
     """
     if passes < 1:
         raise ValueError(f"passes must be >= 1, got {passes}")
-    stream = ActivationStream(model, layers, estimator).to(device)
+    stream = ActivationStream(model, layers, estimator)  # validates the layer names; no hooks yet
+    runner = model
     was_training = model.training
     try:
         total = len(dataloader) * passes if hasattr(dataloader, "__len__") else None  # type: ignore[arg-type]
     except TypeError:
         total = None
-    samples = 0
+    samples, hooked = 0, False
     try:
         model.eval()
-        with stream, torch.no_grad(), _progress(progress) as bar:
+        with contextlib.ExitStack() as scope, torch.no_grad(), _progress(progress) as bar:
             task = bar.add_task("CKA", total=total) if bar is not None else None
             for _ in range(passes):
                 for batch in dataloader:
                     x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                    model(x.to(device))
+                    x = x.to(device)
+                    if not hooked:  # first batch: pick the module to run, then hook it
+                        runner = prefer_channels_last(model, x, channels_last, device)
+                        if runner is not model:
+                            stream = ActivationStream(runner, stream.names, estimator)
+                        scope.enter_context(stream.to(device))
+                        hooked = True
+                    runner(to_channels_last(x) if runner is not model else x)
                     stream.update()
                     samples += int(x.shape[0])
                     if bar is not None:
@@ -66,7 +79,7 @@ def similarity_matrix(
     if stream.batches == 0:
         raise ValueError(f"no batch was large enough for the {estimator!r} estimator (all {samples} samples skipped)")
     stats = {"samples": samples - stream.skipped_samples, "skipped_samples": stream.skipped_samples,
-             "batches": stream.batches, "passes": passes}
+             "batches": stream.batches, "passes": passes, "channels_last": runner is not model}
     return stream.names, stream.compute().detach().cpu(), stats
 
 
@@ -81,6 +94,7 @@ def modularize(
     device: str | torch.device = "cpu",
     progress: bool = False,
     meta: dict[str, Any] | None = None,
+    channels_last: bool | None = None,
 ) -> SemanticArchitecture:
     """The semantic architecture of ``model`` on the data in ``dataloader``.
 
@@ -88,11 +102,13 @@ def modularize(
     (2021), the authors' choice: its value depends on the batches, so feed shuffled batches of a
     fixed seed (e.g. ``DataLoader(ds, 256, sampler=ShuffledPasses(ds, passes=10, seed=0))``) for
     reproducible, representative results. ``exact`` keeps every activation (small data only);
-    ``paper`` is Eq. 1-2 as printed. The model is never modified.
+    ``paper`` is Eq. 1-2 as printed. The model is never modified; on CPU a channels-last copy of a
+    convolutional model runs the passes (``channels_last``, see :func:`similarity_matrix`).
     """
     from .partition import validate_threshold
 
     validate_threshold(threshold)
-    names, sim, stats = similarity_matrix(model, dataloader, layers, estimator, passes, device, progress)
+    names, sim, stats = similarity_matrix(model, dataloader, layers, estimator, passes, device, progress,
+                                          channels_last)
     info = {"model": getattr(model, "zoo_name", type(model).__name__), **stats, **(meta or {})}
     return SemanticArchitecture.from_similarity(names, sim.numpy(), threshold, method, estimator, info)

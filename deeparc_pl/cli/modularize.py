@@ -4,14 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
 from ..architecture.callback import CKACallback
 from ..architecture.plots import plot_modularity_sweep, plot_module_sizes, plot_similarity
 from ..data.samplers import ShuffledPasses
+from ..similarity.layout import prefer_channels_last
 from ..fileio import write_json
 from ..training import Classifier
 from .common import console, make_datamodule, make_model, make_trainer, out_dir, plain, print_table
@@ -29,6 +30,8 @@ KEYS = {
     "cka.passes": (1, "shuffled passes over the data (authors: 10)"),
     "cka.split": ("test", "which split feeds the CKA: test, train or val"),
     "cka.samples": (None, "use only the first N samples of that split"),
+    "cka.channels_last": (None, "run a channels-last copy of a conv model for the CKA passes "
+                                "(default: on CPU, where it is faster; false: the model as given)"),
     "default.epochs": (4, "built-in default: epochs to train the demo model when no weights are given"),
 }
 
@@ -112,11 +115,13 @@ def run(cfg: DictConfig, overwrite: bool = False) -> Path:
         estimator=str(cfg.cka.estimator), stages=("predict",),
     )
     trainer = make_trainer(cfg, "modularize", callbacks=[callback])
-    trainer.predict(Classifier(model, num_classes=dm.num_classes), dataloaders=loader, return_predictions=False)
+    probe = torch.stack([loader.dataset[i][0] for i in range(min(4, len(loader.dataset)))])
+    runner = prefer_channels_last(model, probe, plain(cfg.cka.get("channels_last")), trainer.strategy.root_device)
+    trainer.predict(Classifier(runner, num_classes=dm.num_classes), dataloaders=loader, return_predictions=False)
     arch = callback.architecture
     arch.meta.update({"model": str(cfg.model.name or ""), "weights": str(cfg.model.weights or ""),
                       "data": str(cfg.data.name), "split": str(cfg.cka.split), "batch_size": int(cfg.cka.batch_size),
-                      "passes": int(cfg.cka.passes), "seed": int(cfg.seed)})
+                      "passes": int(cfg.cka.passes), "seed": int(cfg.seed), "channels_last": runner is not model})
     if trainer.global_rank != 0:
         return Path(str(cfg.out))
     out = out_dir(cfg, "modularize")

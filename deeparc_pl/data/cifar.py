@@ -7,7 +7,6 @@ foreign or malicious pickle cannot run code; anything that is not a dict with ``
 """
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from pathlib import Path

@@ -10,7 +10,6 @@ Each function returns a NEW model with its edits recorded (``deeparc_pl.models.e
 """
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import nn

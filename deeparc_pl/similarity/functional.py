@@ -77,6 +77,23 @@ def flatten_features(x: Tensor, name: str = "#0") -> Tensor:
     return x
 
 
+def _memory_order(x: Tensor) -> Tensor:
+    """A channels-last activation as the same tensor with its channel axis moved last (a view).
+
+    A Gram matrix ``X X^T`` does not depend on the order of the features, so flattening in memory
+    order gives the same Gram as flattening (n, C, H, W) order, without the copy that ``reshape``
+    makes of a channels-last tensor. Only for a single Gram: features concatenated across batches
+    (the exact estimator) must all be flattened alike and use :func:`flatten_features` directly.
+    """
+    if not isinstance(x, Tensor) or x.is_contiguous():
+        return x
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1)
+    if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return x.permute(0, 2, 3, 4, 1)
+    return x
+
+
 def _raise_nonfinite(x: Tensor, name: str) -> None:
     bad = int((~torch.isfinite(x)).sum())
     if bad:
@@ -94,7 +111,7 @@ def gram(x: Tensor, name: str = "#0", float64: bool = False, center: bool = Fals
     naming the layer; they are detected on the Gram's diagonal (a sum of squares), so the check needs
     no extra pass over the activations. A float32 overflow falls back to float64.
     """
-    x = flatten_features(x, name)
+    x = flatten_features(_memory_order(x), name)
     dtype = torch.float64 if (float64 or x.dtype == torch.float64) else torch.float32
     xc = x.to(dtype)
     if center:
