@@ -376,3 +376,25 @@ def test_update_grams_invalidates_cached_compute():
     ref.update(f2)
     assert not torch.equal(m.compute(), first)
     torch.testing.assert_close(m.compute(), ref.compute(), rtol=0, atol=1e-7)
+
+
+def test_gram_scratch_buffer_gives_the_same_gram_and_is_reused():
+    from torch import nn
+
+    from deeparc_pl.similarity.functional import gram
+    from deeparc_pl.similarity.stream import ActivationStream
+
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(20, 3, 4, 4) + 2.0)
+    before = x.clone()
+    scratch = torch.full((x.numel() + 5,), float("nan"))
+    torch.testing.assert_close(gram(x, center=True, scratch=scratch), gram(x, center=True), rtol=0, atol=0)
+    assert torch.equal(x, before) and not torch.isnan(scratch[: x.numel()]).any()  # the buffer was written
+    for unusable in (torch.empty(x.numel() - 1), torch.empty(x.numel(), dtype=torch.float64)):
+        torch.testing.assert_close(gram(x, center=True, scratch=unusable), gram(x, center=True), rtol=0, atol=0)
+
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+    stream = ActivationStream(model, ["0", "1", "2"])
+    with stream, torch.no_grad():
+        model(torch.randn(10, 6))
+        assert stream._scratch.buffer.numel() == 10 * 32  # one buffer, the size of the largest layer

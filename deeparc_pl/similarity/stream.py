@@ -2,6 +2,7 @@
 ``CKACallback`` so both compute the matrix the same way."""
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Sequence
 
@@ -32,9 +33,9 @@ class ActivationStream:
 
     def __init__(self, model: nn.Module, layers: Sequence[str] | None = None, estimator: str = "minibatch") -> None:
         self.grams_in_hooks = estimator in ("minibatch", "paper")
-        center = estimator == "minibatch"
-        transform = (lambda name, out: gram(out, name, center=center)) if self.grams_in_hooks else None
-        self.taps = LayerTaps(model, layers, transform=transform)
+        self._center = estimator == "minibatch"
+        self._scratch = threading.local()  # per thread: hooks may run concurrently (nn.DataParallel)
+        self.taps = LayerTaps(model, layers, transform=self._gram if self.grams_in_hooks else None)
         self.names = self.taps.names
         if len(self.names) < 2:
             raise ValueError(f"need at least 2 layers to compare, got {self.names}")
@@ -42,6 +43,16 @@ class ActivationStream:
         self.metric = CKAMatrix(self.names, estimator=estimator)
         self.skipped_samples = 0
         self.batches = 0
+
+    def _gram(self, name: str, out: torch.Tensor) -> torch.Tensor:
+        """The hook's transform: the layer's Gram, its centered copy written into one reused CPU
+        buffer (grown to the largest layer) instead of a fresh allocation per layer and batch."""
+        scratch = None
+        if self._center and isinstance(out, torch.Tensor) and out.device.type == "cpu" and out.dtype == torch.float32:
+            scratch = getattr(self._scratch, "buffer", None)
+            if scratch is None or scratch.numel() < out.numel():
+                scratch = self._scratch.buffer = torch.empty(out.numel(), dtype=torch.float32)
+        return gram(out, name, center=self._center, scratch=scratch)
 
     def to(self, device: torch.device | str) -> "ActivationStream":
         self.metric = self.metric.to(device)
@@ -53,6 +64,7 @@ class ActivationStream:
 
     def __exit__(self, *exc) -> None:
         self.taps.remove()
+        self._scratch = threading.local()  # let the buffer go with the hooks
 
     def update(self, keep: torch.Tensor | None = None) -> None:
         feats = self.taps.outputs
