@@ -202,6 +202,10 @@ def main() -> None:
     median = {key: statistics.median(x[0] for x in r) for key, r in runs.items()}
     for key, r in runs.items():
         print(f"{key} runs (s): {[round(x[0], 2) for x in r]}  median {median[key]:.2f}")
+    # each method against the forward of the same round (measured seconds apart, under the same load)
+    for key, r in runs.items():
+        ratios = [x[0] / f[0] for x, f in zip(r, runs["forward"])]
+        print(f"{key} / forward per round: {[round(q, 2) for q in ratios]}  median {statistics.median(ratios):.2f}")
     # ratio of medians over the round-robin, where a method ran in every round; else of the one run
     rows = [(label, *best[key], median[key]) for label, key, _ in timed]
     wall_h, mem_h, _ = measure(lambda: ours(model, names, half))

@@ -84,7 +84,16 @@ class LayoutDependent(nn.Module):
         return self.act(h if h.is_contiguous() else -h)
 
 
-@pytest.mark.parametrize("cls, why", [(FlattensWithView, "copy failed"), (LayoutDependent, "differs")])
+class DictWithLayoutDependentAux(LayoutDependent):
+    """The main output agrees; only a second output in a dict does not."""
+
+    def forward(self, x):
+        h = self.conv(x)
+        return {"main": self.act(h), "aux": (h.sum(), h if h.is_contiguous() else -h)}
+
+
+@pytest.mark.parametrize("cls, why", [(FlattensWithView, "copy failed"), (LayoutDependent, "differs"),
+                                      (DictWithLayoutDependentAux, "differs")])
 def test_falls_back_to_the_model_as_given(cls, why):
     torch.manual_seed(0)
     model = cls()

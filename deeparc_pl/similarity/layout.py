@@ -49,20 +49,39 @@ def to_channels_last(x: Any) -> Any:
 
 def agrees(fast: nn.Module, model: nn.Module, x: Tensor, samples: int = 4) -> str | None:
     """None if ``fast`` (channels-last) and ``model`` give the same output on the first ``samples``
-    inputs of ``x`` (float tolerance), else why not. Both must be in eval mode."""
+    inputs of ``x`` (float tolerance; every tensor of a tuple / list / dict output), else why not.
+    Both must be in eval mode."""
     probe = x[:samples]
     try:
         with torch.no_grad():
             a, b = fast(to_channels_last(probe)), model(probe)
     except Exception as exc:
         return f"the channels-last copy failed: {type(exc).__name__}: {exc}"
-    if isinstance(a, Tensor) and isinstance(b, Tensor):
+    a_leaves, b_leaves = _tensors(a), _tensors(b)
+    if len(a_leaves) != len(b_leaves):
+        return f"it returns {len(a_leaves)} tensors, the model {len(b_leaves)}"
+    for a, b in zip(a_leaves, b_leaves):
         if a.shape != b.shape:
             return f"its output has shape {tuple(a.shape)}, the model's {tuple(b.shape)}"
+        if not a.is_floating_point():
+            if not torch.equal(a, b):
+                return "its integer output differs from the model's"
+            continue
         scale = float(b.detach().abs().max()) if b.numel() else 0.0
-        if not torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4 * max(1.0, scale)):
-            return f"its output differs from the model's by {float((a - b).abs().max()):.3g}"
+        if not torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4 * max(1.0, scale), equal_nan=True):
+            return f"its output differs from the model's by {float((a.float() - b.float()).abs().max()):.3g}"
     return None
+
+
+def _tensors(out: Any) -> list[Tensor]:
+    """The tensors in a model's output (a tensor, or tuples / lists / dicts of them), in order."""
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for key in out for t in _tensors(out[key])]
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _tensors(item)]
+    return []
 
 
 def prefer_channels_last(
