@@ -60,6 +60,26 @@ def test_cell_store_computes_once_and_resumes(tmp_path):
 
 
 # -- regression ----------------------------------------------------------------------------------
+def test_session_refuses_an_existing_report_and_counts_cells(tmp_path):
+    from omegaconf import OmegaConf
+
+    from deeparc_pl.reproduce.session import ReproduceSession
+
+    cfg = OmegaConf.create({"out": str(tmp_path), "logger": "csv"})
+    (tmp_path / "rqx").mkdir()
+    (tmp_path / "rqx" / "rqx.md").write_text("finished")
+    with pytest.raises(FileExistsError, match="rqx.md"):
+        ReproduceSession(cfg, "rqx", ["rqx.md"], overwrite=False)
+    calls = []
+    with ReproduceSession(cfg, "rqx", ["rqx.md"], overwrite=True) as session:
+        first = session.run([({"k": 1}, lambda: calls.append(1) or {"v": 2})], progress=False)
+        again = session.run([({"k": 1}, lambda: calls.append(1) or {"v": 3})], progress=False)
+    assert first == again == [{"v": 2}] and calls == [1]
+    assert session.counts() == {"folder": tmp_path / "rqx", "computed": 1, "reused": 1}
+    assert session.cell_counts(5, skipped=0) == {"total": 5, "computed": 1, "reused": 1, "skipped": 0}
+    assert (tmp_path / "rqx" / "rqx.md").read_text() == "finished"  # nothing written over it yet
+
+
 def test_eq6_recovers_known_coefficients():
     rng = np.random.default_rng(0)
     levels = [0.2, 0.4, 0.6, 0.8, 1.0]

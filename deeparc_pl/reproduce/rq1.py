@@ -19,11 +19,11 @@ import numpy as np
 from omegaconf import DictConfig
 
 from ..cli.common import console, plain
-from .cells import CellStore, run_cells
 from .regression import comparison_rows, encode_levels, fit_eq6, univariate_fit
-from .report import Report, RunLogger, aggregate, check_outputs, line_plot
+from .report import Report, RunLogger, aggregate, line_plot
 from .subjects import (cka_settings, count_parameters, data_settings, fit_subject, make_data, measure_architecture,
-                       process_rank, seed_list, train_settings)
+                       seed_list, train_settings)
+from .session import ReproduceSession
 
 __all__ = ["rq1_configs", "rq1_cell", "summarize_rq1", "run_rq1", "HIGH_MODULARITY", "stage_boundaries"]
 
@@ -285,21 +285,15 @@ def _boundary_single_share(recs: list[dict[str, Any]], bounds: list[float]) -> f
 
 def run_rq1(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Compute missing cells, then write ``rq1.md``, ``rq1.json`` and Fig. 9-11 under ``{out}/rq1``."""
-    folder = Path(str(cfg.out)) / "rq1"
-    check_outputs([folder / p for p in OUTPUTS], overwrite)
-    configs = rq1_configs(cfg)
-    rank = process_rank()
-    store = CellStore(folder / "cells", write=rank == 0)
-    logger = RunLogger(str(cfg.logger), folder, "reproduce-rq1", plain(cfg), enabled=rank == 0)
-    try:
-        results = run_cells(store, [(c, (lambda c=c: rq1_cell(cfg, c))) for c in configs], "rq1", progress,
-                            on_result=logger.log_cell)
-        if rank != 0:
-            return {"folder": folder, "computed": store.computed, "reused": store.reused}
-        report = summarize_rq1(cfg, list(zip(configs, results)), folder, logger, overwrite)
-        report.data["cells"] = {"total": len(configs), "computed": store.computed, "reused": store.reused}
+    with ReproduceSession(cfg, "rq1", OUTPUTS, overwrite) as session:
+        folder = session.folder
+        configs = rq1_configs(cfg)
+        results = session.run([(c, (lambda c=c: rq1_cell(cfg, c))) for c in configs], progress=progress)
+        if session.rank != 0:
+            return session.counts()
+        report = summarize_rq1(cfg, list(zip(configs, results)), folder, session.logger, overwrite)
+        report.data["cells"] = session.cell_counts(len(configs))
         md, js = report.write(folder, "rq1", overwrite=overwrite)
-    finally:
-        logger.finish()
-    console.print(f"rq1: {store.computed} cells computed, {store.reused} reused; wrote {md}, {js} and figures")
-    return {"folder": folder, "computed": store.computed, "reused": store.reused, "report": report}
+    console.print(f"rq1: {session.store.computed} cells computed, {session.store.reused} reused; wrote {md}, {js} "
+                  "and figures")
+    return {**session.counts(), "report": report}

@@ -24,11 +24,11 @@ from torch import nn
 from torch.utils.data import Subset
 
 from ..cli.common import console, plain
-from .cells import CellStore, run_cells
 from .probe import layer_features, pair_differences, probe_accuracies
-from .report import Report, RunLogger, aggregate, check_outputs, line_plot
+from .report import Report, RunLogger, aggregate, line_plot
 from .subjects import (cka_settings, count_parameters, data_settings, fit_subject, lazy_data, make_data,
-                       measure_architecture, process_rank, seed_list, train_settings)
+                       measure_architecture, seed_list, train_settings)
+from .session import ReproduceSession
 
 __all__ = ["subject_configs", "subject_cell", "load_subject", "rq2_subject_configs", "variant_families", "run_rq2", "summarize_rq2", "PAPER_TABLE_I"]
 
@@ -376,17 +376,12 @@ def _dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- driver --------------------------------------------------------------------------------------
 def run_rq2(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Compute missing cells, then write ``rq2.md``, ``rq2.json`` and the figures under ``{out}/rq2``."""
-    folder = Path(str(cfg.out)) / "rq2"
-    check_outputs([folder / p for p in OUTPUTS], overwrite)
-    rank = process_rank()
-    store = CellStore(folder / "cells", write=rank == 0)
-    logger = RunLogger(str(cfg.logger), folder, "reproduce-rq2", plain(cfg), enabled=rank == 0)
-    try:
+    with ReproduceSession(cfg, "rq2", OUTPUTS, overwrite) as session:
+        folder = session.folder
         subj_cfgs = rq2_subject_configs(cfg)
-        subj_res = run_cells(store, [(c, (lambda c=c: subject_cell(cfg, c, folder, rank == 0))) for c in subj_cfgs],
-                             "rq2 subjects", progress, on_result=logger.log_cell)
-        if rank != 0:  # only training is distributed; evaluation runs on rank 0
-            return {"folder": folder, "computed": store.computed, "reused": store.reused}
+        subj_res = session.subjects(cfg, subj_cfgs, subject_cell, progress)
+        if session.rank != 0:  # only training is distributed; evaluation runs on rank 0
+            return session.counts()
         cells = []
         for sc, sr in zip(subj_cfgs, subj_res):
             dm_for = lazy_data(cfg, sc)
@@ -399,12 +394,12 @@ def run_rq2(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> 
                 else:
                     fn = (lambda dc=dc, sr=sr, dm_for=dm_for: _probe_cell(cfg, sr, folder, dm_for(), dc["seed"]))
                 cells.append((dc, fn))
-        results = run_cells(store, cells, "rq2", progress, on_result=logger.log_cell)
+        results = session.run(cells, progress=progress)
         subjects = [{"seed": c["seed"], "result": r} for c, r in zip(subj_cfgs, subj_res)]
-        report = summarize_rq2(cfg, subjects, [(c, r) for (c, _), r in zip(cells, results)], folder, logger, overwrite)
-        report.data["cells"] = {"total": len(subj_cfgs) + len(cells), "computed": store.computed, "reused": store.reused}
+        report = summarize_rq2(cfg, subjects, [(c, r) for (c, _), r in zip(cells, results)], folder, session.logger,
+                               overwrite)
+        report.data["cells"] = session.cell_counts(len(subj_cfgs) + len(cells))
         md, js = report.write(folder, "rq2", overwrite=overwrite)
-    finally:
-        logger.finish()
-    console.print(f"rq2: {store.computed} cells computed, {store.reused} reused; wrote {md}, {js} and figures")
-    return {"folder": folder, "computed": store.computed, "reused": store.reused, "report": report}
+    console.print(f"rq2: {session.store.computed} cells computed, {session.store.reused} reused; wrote {md}, {js} "
+                  "and figures")
+    return {**session.counts(), "report": report}

@@ -14,10 +14,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..cli.common import console, plain
-from .cells import CellStore, run_cells
-from .report import Report, RunLogger, aggregate, check_outputs
+from .report import Report, aggregate
 from .rq2 import load_subject, subject_cell, subject_configs
-from .subjects import lazy_data, process_rank
+from .session import ReproduceSession
+from .subjects import lazy_data
 
 __all__ = ["run_rq3", "rq3_configs", "subject_section", "plot_rounds", "PAPER_TABLE_II"]
 
@@ -158,24 +158,19 @@ def plot_rounds(derived: list[tuple[dict[str, Any], dict[str, Any]]], path: Path
 
 def run_rq3(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Compute missing cells, then write ``rq3.md`` and ``rq3.json`` under ``{out}/rq3``."""
-    folder = Path(str(cfg.out)) / "rq3"
-    check_outputs([folder / p for p in OUTPUTS], overwrite)
-    rank = process_rank()
-    store = CellStore(folder / "cells", write=rank == 0)
-    logger = RunLogger(str(cfg.logger), folder, "reproduce-rq3", plain(cfg), enabled=rank == 0)
-    try:
+    with ReproduceSession(cfg, "rq3", OUTPUTS, overwrite) as session:
+        folder, logger = session.folder, session.logger
         subj_cfgs = subject_configs(cfg, "rq3", subject_section(cfg), None if cfg.data.test_size is None
                                     else int(cfg.data.test_size))
-        subj_res = run_cells(store, [(c, (lambda c=c: subject_cell(cfg, c, folder, rank == 0))) for c in subj_cfgs],
-                             "rq3 subjects", progress, on_result=logger.log_cell)
-        if rank != 0:
-            return {"folder": folder, "computed": store.computed, "reused": store.reused}
+        subj_res = session.subjects(cfg, subj_cfgs, subject_cell, progress)
+        if session.rank != 0:
+            return session.counts()
         cells = []
         for sc, sr in zip(subj_cfgs, subj_res):
             dm_for = lazy_data(cfg, sc)
             for dc in rq3_configs(cfg, sc):
                 cells.append((dc, (lambda dc=dc, sr=sr, dm_for=dm_for: _compress_cell(cfg, dc, sr, folder, dm_for()))))
-        results = run_cells(store, cells, "rq3", progress, on_result=logger.log_cell)
+        results = session.run(cells, progress=progress)
         derived = [(c, r) for (c, _), r in zip(cells, results)]
         table, deltas = _table2(derived)
         report = Report(f"RQ3: compression with and without DeepArc ({subj_cfgs[0]['model']} on {cfg.data.name})")
@@ -190,13 +185,10 @@ def run_rq3(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> 
                          "average, 6.75 -> 5.75)")
         plot_rounds(derived, folder / OUTPUTS[2], overwrite)
         report.figure(folder / OUTPUTS[2], "Test accuracy against remaining weights, round by round (x: rejected)")
-        report.data["cells"] = {"total": len(subj_cfgs) + len(cells), "computed": store.computed,
-                                "reused": store.reused}
+        report.data["cells"] = session.cell_counts(len(subj_cfgs) + len(cells))
         for name, t in report.tables.items():
             logger.log_table(f"rq3/{name}", t)
         logger.log_image("rq3/rounds", folder / OUTPUTS[2])
         md, js = report.write(folder, "rq3", overwrite=overwrite)
-    finally:
-        logger.finish()
-    console.print(f"rq3: {store.computed} cells computed, {store.reused} reused; wrote {md}, {js}")
-    return {"folder": folder, "computed": store.computed, "reused": store.reused, "report": report}
+    console.print(f"rq3: {session.store.computed} cells computed, {session.store.reused} reused; wrote {md}, {js}")
+    return {**session.counts(), "report": report}

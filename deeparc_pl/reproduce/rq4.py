@@ -22,11 +22,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..cli.common import console, plain
-from .cells import CellStore, cell_key, run_cells
-from .report import Report, RunLogger, aggregate, check_outputs
+from .cells import cell_key
+from .report import Report, aggregate
 from .rq2 import subject_cell, subject_configs
 from .rq3 import subject_section
-from .subjects import process_rank
+from .session import ReproduceSession
 
 __all__ = ["run_rq4", "rq4_configs", "plot_time_accuracy", "PAPER_TABLE_III"]
 
@@ -176,20 +176,15 @@ def plot_time_accuracy(derived: list[tuple[dict[str, Any], dict[str, Any]]], pat
 
 def run_rq4(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Compute missing cells, then write ``rq4.md`` and ``rq4.json`` under ``{out}/rq4``."""
-    folder = Path(str(cfg.out)) / "rq4"
-    check_outputs([folder / p for p in OUTPUTS], overwrite)
-    rank = process_rank()
-    store = CellStore(folder / "cells", write=rank == 0)
-    logger = RunLogger(str(cfg.logger), folder, "reproduce-rq4", plain(cfg), enabled=rank == 0)
-    try:
+    with ReproduceSession(cfg, "rq4", OUTPUTS, overwrite) as session:
+        folder, logger = session.folder, session.logger
         subj_cfgs = subject_configs(cfg, "rq4", subject_section(cfg))
-        subj_res = run_cells(store, [(c, (lambda c=c: subject_cell(cfg, c, folder, rank == 0))) for c in subj_cfgs],
-                             "rq4 subjects", progress, on_result=logger.log_cell)
-        if rank != 0:
-            return {"folder": folder, "computed": store.computed, "reused": store.reused}
+        subj_res = session.subjects(cfg, subj_cfgs, subject_cell, progress)
+        if session.rank != 0:
+            return session.counts()
         cells = [(dc, (lambda dc=dc, sr=sr: _readapt_cell(cfg, dc, sr, folder)))
                  for sc, sr in zip(subj_cfgs, subj_res) for dc in rq4_configs(cfg, sc)]
-        results = run_cells(store, cells, "rq4", progress, on_result=logger.log_cell)
+        results = session.run(cells, progress=progress)
         tables = _tables([(c, res) for (c, _), res in zip(cells, results)])
         ra = cfg.readapt
         report = Report(f"RQ4: modular versus full re-adaption ({subj_cfgs[0]['model']} on {cfg.data.name})")
@@ -209,12 +204,9 @@ def run_rq4(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> 
         skipped = [res for res in results if res.get("skipped")]
         if skipped:
             report.text("Skipped repair cells: " + "; ".join(s_["skipped"] for s_ in skipped))
-        report.data["cells"] = {"total": len(subj_cfgs) + len(cells), "computed": store.computed,
-                                "reused": store.reused, "skipped": len(skipped)}
+        report.data["cells"] = session.cell_counts(len(subj_cfgs) + len(cells), skipped=len(skipped))
         for name, t in report.tables.items():
             logger.log_table(f"rq4/{name}", t)
         md, js = report.write(folder, "rq4", overwrite=overwrite)
-    finally:
-        logger.finish()
-    console.print(f"rq4: {store.computed} cells computed, {store.reused} reused; wrote {md}, {js}")
-    return {"folder": folder, "computed": store.computed, "reused": store.reused, "report": report}
+    console.print(f"rq4: {session.store.computed} cells computed, {session.store.reused} reused; wrote {md}, {js}")
+    return {**session.counts(), "report": report}
