@@ -40,7 +40,7 @@ def similarity_matrix(
     did) and its mode is restored after; nothing else about it changes. ``passes`` iterates the
     loader again (a shuffling loader gives new batches each pass). ``channels_last`` (default: on
     CPU for a convolutional model) runs a channels-last copy of the model instead, which is faster
-    on CPU and gives the same matrix (:mod:`~deeparc_pl.similarity.layout`); ``False`` runs the
+    on CPU and gives the same matrix up to float rounding (~1e-7; :mod:`~deeparc_pl.similarity.layout`); ``False`` runs the
     model as given (e.g. when a second copy of its weights does not fit in memory).
     """
     if passes < 1:

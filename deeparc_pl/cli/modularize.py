@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, Subset
 from ..architecture.callback import CKACallback
 from ..architecture.plots import plot_modularity_sweep, plot_module_sizes, plot_similarity
 from ..data.samplers import ShuffledPasses
-from ..similarity.layout import prefer_channels_last
 from ..fileio import write_json
+from ..similarity.layout import prefer_channels_last
 from ..training import Classifier
 from .common import console, make_datamodule, make_model, make_trainer, out_dir, plain, print_table
 from .train import train_model

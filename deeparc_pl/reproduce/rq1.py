@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
-from ..cli.common import console, plain
+from ..cli.common import plain
 from .regression import comparison_rows, encode_levels, fit_eq6, univariate_fit
 from .report import Report, RunLogger, aggregate, line_plot
 from .subjects import (cka_settings, count_parameters, data_settings, fit_subject, make_data, measure_architecture,
@@ -294,6 +294,5 @@ def run_rq1(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> 
         report = summarize_rq1(cfg, list(zip(configs, results)), folder, session.logger, overwrite)
         report.data["cells"] = session.cell_counts(len(configs))
         md, js = report.write(folder, "rq1", overwrite=overwrite)
-    console.print(f"rq1: {session.store.computed} cells computed, {session.store.reused} reused; wrote {md}, {js} "
-                  "and figures")
+    session.announce(md, js, "figures")
     return {**session.counts(), "report": report}

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Subset
 
-from ..cli.common import console, plain
+from ..cli.common import plain
 from .probe import layer_features, pair_differences, probe_accuracies
 from .report import Report, RunLogger, aggregate, line_plot
 from .subjects import (cka_settings, count_parameters, data_settings, fit_subject, lazy_data, make_data,
@@ -400,6 +400,5 @@ def run_rq2(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> 
                                overwrite)
         report.data["cells"] = session.cell_counts(len(subj_cfgs) + len(cells))
         md, js = report.write(folder, "rq2", overwrite=overwrite)
-    console.print(f"rq2: {session.store.computed} cells computed, {session.store.reused} reused; wrote {md}, {js} "
-                  "and figures")
+    session.announce(md, js, "figures")
     return {**session.counts(), "report": report}

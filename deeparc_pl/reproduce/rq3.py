@@ -190,5 +190,5 @@ def run_rq3(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> 
             logger.log_table(f"rq3/{name}", t)
         logger.log_image("rq3/rounds", folder / OUTPUTS[2])
         md, js = report.write(folder, "rq3", overwrite=overwrite)
-    console.print(f"rq3: {session.store.computed} cells computed, {session.store.reused} reused; wrote {md}, {js}")
+    session.announce(md, js)
     return {**session.counts(), "report": report}

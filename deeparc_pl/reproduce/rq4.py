@@ -208,5 +208,5 @@ def run_rq4(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> 
         for name, t in report.tables.items():
             logger.log_table(f"rq4/{name}", t)
         md, js = report.write(folder, "rq4", overwrite=overwrite)
-    console.print(f"rq4: {session.store.computed} cells computed, {session.store.reused} reused; wrote {md}, {js}")
+    session.announce(md, js)
     return {**session.counts(), "report": report}

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from omegaconf import DictConfig
 
-from ..cli.common import plain
+from ..cli.common import console, plain
 from .cells import CellStore, run_cells
 from .report import RunLogger, check_outputs
 from .subjects import process_rank
@@ -50,6 +50,11 @@ class ReproduceSession:
     def counts(self) -> dict[str, Any]:
         """What a run returns: the folder and how many cells were computed or reused."""
         return {"folder": self.folder, "computed": self.store.computed, "reused": self.store.reused}
+
+    def announce(self, *written: Path | str) -> None:
+        """One line on the terminal: cells computed and reused, and the files written."""
+        console.print(f"{self.rq}: {self.store.computed} cells computed, {self.store.reused} reused; "
+                      f"wrote {', '.join(str(w) for w in written)}")
 
     def cell_counts(self, total: int, **extra: Any) -> dict[str, Any]:
         """The ``cells`` entry of a report."""
