@@ -80,6 +80,19 @@ def test_session_refuses_an_existing_report_and_counts_cells(tmp_path):
     assert (tmp_path / "rqx" / "rqx.md").read_text() == "finished"  # nothing written over it yet
 
 
+def test_run_logger_logs_every_table_and_only_existing_figures(tmp_path):
+    from deeparc_pl.reproduce.report import RunLogger
+
+    logger = RunLogger("csv", tmp_path, "t")
+    calls = []
+    logger.log_table = lambda name, rows: calls.append(("table", name, len(rows)))
+    logger.log_image = lambda name, path: calls.append(("image", name, Path(path).name))
+    (tmp_path / "fig1_a.png").write_bytes(b"png")
+    logger.log_tables("rq9", {"t1": [{"a": 1}], "t2": [{"a": 1}, {"a": 2}]})
+    logger.log_figures(tmp_path, ["fig1_a.png", "fig2_missing.png"])
+    assert calls == [("table", "rq9/t1", 1), ("table", "rq9/t2", 2), ("image", "fig1_a", "fig1_a.png")]
+
+
 def test_eq6_recovers_known_coefficients():
     rng = np.random.default_rng(0)
     levels = [0.2, 0.4, 0.6, 0.8, 1.0]
@@ -116,11 +129,16 @@ def test_aggregate_mean_and_sample_std():
 
 
 # -- end to end on tiny recipes ------------------------------------------------------------------
+def _tiny_run(tmp_path_factory, rq: str):
+    """(out folder, config, result) of a tiny recipe run once for a module's tests."""
+    out = tmp_path_factory.mktemp(rq)
+    cfg = _cfg(rq, out)
+    return out, cfg, _run(cfg)
+
+
 @pytest.fixture(scope="module")
 def rq1_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rq1")
-    cfg = _cfg("rq1", out)
-    return out, cfg, _run(cfg)
+    return _tiny_run(tmp_path_factory, "rq1")
 
 
 def test_rq1_tiny_writes_documented_files(rq1_run):
@@ -175,9 +193,7 @@ def test_rq1_resumes_without_recomputing(rq1_run):
 
 @pytest.fixture(scope="module")
 def rq2_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rq2")
-    cfg = _cfg("rq2", out)
-    return out, cfg, _run(cfg)
+    return _tiny_run(tmp_path_factory, "rq2")
 
 
 def test_rq2_tiny_writes_documented_files(rq2_run):

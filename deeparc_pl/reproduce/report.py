@@ -213,6 +213,17 @@ class RunLogger:
         self.run.log({f"figure/{name}": wandb.Image(str(path))}, step=self.step)
         self.step += 1
 
+    def log_tables(self, prefix: str, tables: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+        """Every table of a report, as ``{prefix}/{name}``."""
+        for name, rows in tables.items():
+            self.log_table(f"{prefix}/{name}", rows)
+
+    def log_figures(self, folder: str | Path, files: Sequence[str]) -> None:
+        """Each of ``files`` that exists under ``folder``, named by its stem."""
+        for name in files:
+            if (Path(folder) / name).exists():
+                self.log_image(Path(name).stem, Path(folder) / name)
+
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()

@@ -259,11 +259,8 @@ def summarize_rq1(cfg: DictConfig, records: list[tuple[dict[str, Any], dict[str,
         report.table("threshold_sweep", sweep_rows, "Modularity by threshold (Fig. 11; no new forward passes)")
         report.figure(folder / OUTPUTS[4], "Fig. 11: Y versus threshold")
     if logger is not None:
-        for name, table in report.tables.items():
-            logger.log_table(f"rq1/{name}", table)
-        for p in OUTPUTS[2:]:
-            if (folder / p).exists():
-                logger.log_image(p[:-4], folder / p)
+        logger.log_tables("rq1", report.tables)
+        logger.log_figures(folder, OUTPUTS[2:])
         if fit is not None and logger.run is not None:
             logger.run.summary.update({f"eq6/{k}": v for k, v in {**fit.coef, "intercept": fit.intercept, "r2": fit.r2}.items()})
     return report

@@ -351,11 +351,8 @@ def summarize_rq2(cfg: DictConfig, subjects: list[dict[str, Any]], derived: list
         report.figure(folder / OUTPUTS[5], "Linear-probe accuracy per layer")
         report.data["table1"] = t1
     if logger is not None:
-        for name, table in report.tables.items():
-            logger.log_table(f"rq2/{name}", table)
-        for p in OUTPUTS[2:]:
-            if (folder / p).exists():
-                logger.log_image(p[:-4], folder / p)
+        logger.log_tables("rq2", report.tables)
+        logger.log_figures(folder, OUTPUTS[2:])
     return report
 
 

@@ -186,8 +186,7 @@ def run_rq3(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> 
         plot_rounds(derived, folder / OUTPUTS[2], overwrite)
         report.figure(folder / OUTPUTS[2], "Test accuracy against remaining weights, round by round (x: rejected)")
         report.data["cells"] = session.cell_counts(len(subj_cfgs) + len(cells))
-        for name, t in report.tables.items():
-            logger.log_table(f"rq3/{name}", t)
+        logger.log_tables("rq3", report.tables)
         logger.log_image("rq3/rounds", folder / OUTPUTS[2])
         md, js = report.write(folder, "rq3", overwrite=overwrite)
     session.announce(md, js)

@@ -205,8 +205,7 @@ def run_rq4(cfg: DictConfig, overwrite: bool = False, progress: bool = True) -> 
         if skipped:
             report.text("Skipped repair cells: " + "; ".join(s_["skipped"] for s_ in skipped))
         report.data["cells"] = session.cell_counts(len(subj_cfgs) + len(cells), skipped=len(skipped))
-        for name, t in report.tables.items():
-            logger.log_table(f"rq4/{name}", t)
+        logger.log_tables("rq4", report.tables)
         md, js = report.write(folder, "rq4", overwrite=overwrite)
     session.announce(md, js)
     return {**session.counts(), "report": report}
