@@ -15,6 +15,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .modes import evaluating
+
 __all__ = ["LayerTaps", "LayerTrace", "default_layer_names", "resolve_layer_names", "LayerNameError"]
 
 
@@ -238,15 +240,12 @@ class LayerTaps:
             if name in tapped:
                 handles.append(mod.register_forward_pre_hook(layer_pre(name)))
                 handles.append(mod.register_forward_hook(layer_post(name)))
-        was_training = model.training
         try:
-            model.eval()
-            with torch.no_grad():
+            with evaluating(model), torch.no_grad():
                 model(example)
         finally:
             for h in handles:
                 h.remove()
-            model.train(was_training)
 
         spans: list[list[str]] = []
         current: list[str] = []

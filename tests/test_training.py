@@ -70,3 +70,42 @@ def test_classifier_bad_arguments():
         Classifier(model, optimizer="rmsprop")
     with pytest.raises(ValueError, match="num_classes"):
         Classifier(torch.nn.Linear(2, 2))
+
+
+class UserNet(torch.nn.Module):
+    """A user class outside the zoo, rebuilt from a checkpoint as 'tests.test_training:UserNet'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def test_a_checkpoint_alone_never_decides_what_gets_imported_or_called(tmp_path):
+    path = save_checkpoint(tmp_path / "user.ckpt", UserNet())
+    saved = read_checkpoint(path)["model"]["name"]
+    assert saved.endswith(":UserNet")
+    with pytest.raises(ValueError, match=f"pass model.name={saved}"):
+        load_model(path)
+    loaded, _ = load_model(path, {"name": saved})  # the user names the class: rebuilt and loaded
+    assert isinstance(loaded, UserNet)
+    # a crafted spec naming a callable that is not an nn.Module class is refused before any call
+    data = torch.load(path, weights_only=True)
+    data["model"] = {"name": "sys:exit"}
+    torch.save(data, tmp_path / "crafted.ckpt")
+    with pytest.raises(ValueError, match="only rebuilt when you name it"):
+        load_model(tmp_path / "crafted.ckpt")
+    with pytest.raises(TypeError, match="not an nn.Module subclass"):
+        load_model(tmp_path / "crafted.ckpt", {"name": "sys:exit"})
+
+
+@pytest.mark.parametrize("part", ["state_dict", "model", "edits"])
+def test_a_deeparc_checkpoint_missing_a_part_is_corrupt_not_a_fresh_model(tmp_path, part):
+    path = save_checkpoint(tmp_path / "m.ckpt", build("mlp", 3, in_channels=1, image_size=4))
+    data = torch.load(path, weights_only=True)
+    del data[part]
+    torch.save(data, tmp_path / "broken.ckpt")
+    with pytest.raises(ValueError, match=f"corrupt deeparc_pl checkpoint: '{part}'"):
+        load_model(tmp_path / "broken.ckpt")

@@ -7,6 +7,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..modes import evaluating
 from ..similarity.layout import prefer_channels_last, to_channels_last
 from ..similarity.stream import ActivationStream
 from .semantic import SemanticArchitecture
@@ -47,14 +48,12 @@ def similarity_matrix(
         raise ValueError(f"passes must be >= 1, got {passes}")
     stream = ActivationStream(model, layers, estimator)  # validates the layer names; no hooks yet
     runner = model
-    was_training = model.training
     try:
         total = len(dataloader) * passes if hasattr(dataloader, "__len__") else None  # type: ignore[arg-type]
     except TypeError:
         total = None
     samples, hooked = 0, False
-    try:
-        model.eval()
+    with evaluating(model):
         with contextlib.ExitStack() as scope, torch.no_grad(), _progress(progress) as bar:
             task = bar.add_task("CKA", total=total) if bar is not None else None
             for _ in range(passes):
@@ -72,8 +71,6 @@ def similarity_matrix(
                     samples += int(x.shape[0])
                     if bar is not None:
                         bar.advance(task)
-    finally:
-        model.train(was_training)
     if samples == 0:
         raise ValueError("the data loader is empty: no batch reached the model")
     if stream.batches == 0:

@@ -1,6 +1,8 @@
 """Checkpoints every command reads and writes: architecture spec + recorded edits + state dict.
 
-Loaded with ``torch.load(weights_only=True)`` onto the CPU, so a checkpoint never runs code.
+Loaded with ``torch.load(weights_only=True)`` onto the CPU, so a checkpoint never runs code: a
+checkpoint of a user class (``package.module:Class``) is only rebuilt when the caller names that
+class too (``model.name``), since importing it runs the user's module.
 Besides our own format, ``load_weights`` takes a plain state dict or a Lightning checkpoint
 (``state_dict`` with a ``model.`` prefix), saved on any device.
 """
@@ -35,6 +37,7 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
 
 
 def import_class(path: str) -> type:
+    """The ``nn.Module`` subclass named ``package.module:Class`` (nothing is called)."""
     module_name, _, qual = path.partition(":")
     if not module_name or not qual:
         raise ValueError(f"a user model is named 'package.module:Class', got {path!r}")
@@ -46,6 +49,8 @@ def import_class(path: str) -> type:
         if not hasattr(obj, part):
             raise ImportError(f"module {module_name!r} has no attribute {qual!r}")
         obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise TypeError(f"{path} is a {type(obj).__name__}, not an nn.Module subclass")
     return obj
 
 
@@ -54,11 +59,7 @@ def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
     if not name:
         raise ValueError("model.name is not set: give a zoo name (see `deeparc models`) or 'package.module:Class'")
     if ":" in name:
-        cls = import_class(name)
-        model = cls()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"{name} built a {type(model).__name__}, not an nn.Module")
-        return model
+        return import_class(name)()
     from . import build
 
     if spec.get("num_classes") is None:
@@ -100,7 +101,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     data = _torch_load(path)
     if isinstance(data, dict) and data.get("format") == FORMAT:
-        return data
+        return _check_own_format(path, data)
     if isinstance(data, dict) and "state_dict" in data and "pytorch-lightning_version" in data:
         sd = data["state_dict"]
         if any(k.startswith("model.") for k in sd):
@@ -112,6 +113,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         f"{path} is not a deeparc_pl checkpoint, a Lightning checkpoint or a state dict "
         f"(found {type(data).__name__} with keys {list(data)[:5] if isinstance(data, dict) else '-'})"
     )
+
+
+def _check_own_format(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """A file that claims our format but lacks a part is corrupt, not a fresh model."""
+    expected = {"model": dict, "edits": list, "state_dict": dict}
+    for key, kind in expected.items():
+        if not isinstance(data.get(key), kind):
+            found = "missing" if key not in data else f"a {type(data[key]).__name__}"
+            raise ValueError(f"{path} is a corrupt deeparc_pl checkpoint: {key!r} should be a {kind.__name__}, {found}")
+    if not all(isinstance(v, torch.Tensor) for v in data["state_dict"].values()):
+        raise ValueError(f"{path} is a corrupt deeparc_pl checkpoint: its state_dict holds non-tensors")
+    if not isinstance(data.get("info", {}), dict):
+        raise ValueError(f"{path} is a corrupt deeparc_pl checkpoint: 'info' should be a dict")
+    return data
 
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "weights") -> nn.Module:
@@ -138,12 +153,19 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
 def load_model(weights: str | Path | None = None, spec: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict]:
     """Build a model (from the checkpoint's spec, overridden by ``spec`` keys that are set) and load it.
 
-    Returns ``(model, checkpoint_dict)``; with no ``weights`` the model is freshly initialised.
+    Returns ``(model, checkpoint_dict)``; with no ``weights`` the model is freshly initialised. A
+    checkpoint of a user class needs ``spec["name"]`` to name the same class (see the module docstring).
     """
     ckpt: dict[str, Any] = {"format": None, "model": {}, "edits": [], "state_dict": None, "info": {}}
     if weights:
         ckpt = read_checkpoint(weights)
     merged = dict(ckpt.get("model") or {})
+    saved_name = str(merged.get("name") or "")
+    if ":" in saved_name and (spec or {}).get("name") != saved_name:
+        raise ValueError(
+            f"{weights} holds a model of the user class {saved_name!r}; importing it runs that module's code, "
+            f"so it is only rebuilt when you name it too: pass model.name={saved_name}"
+        )
     for k, v in (spec or {}).items():
         if v is None:
             continue

@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from ..modes import evaluating
+
 __all__ = ["as_tensors", "accuracy", "predict"]
 
 Data = Union[Dataset, DataLoader, Sequence[Tensor]]
@@ -92,12 +94,8 @@ def predict(model: nn.Module, data: Data, batch_size: int = 256) -> tuple[Tensor
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     x, y = as_tensors(data, batch_size=batch_size)
     device = _device_of(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         preds = [model(x[i : i + batch_size].to(device)).argmax(dim=1).cpu() for i in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(preds), y.cpu()
 
 

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..modes import evaluating
 from ..architecture.semantic import SemanticArchitecture
 from ..taps import LayerNameError, LayerTaps
 from .deviation import GaussianReference, flatten
@@ -49,23 +50,18 @@ def module_outputs(
     Eval mode, no grad; the model's training flag is restored and nothing else changes.
     """
     device = _device_of(model)
-    was_training = model.training
     feats: list[list[Tensor]] = [[] for _ in layers]
     preds: list[Tensor] = []
     try:
         taps = LayerTaps(model, list(layers))
     except LayerNameError as exc:
         raise LayerNameError(f"the model ({type(model).__name__}) does not have the architecture's layers: {exc}") from None
-    model.eval()
-    try:
-        with taps:
-            for i in range(0, len(x), batch_size):
-                out = model(x[i : i + batch_size].to(device))
-                preds.append(out.argmax(dim=1).cpu())
-                for k, o in enumerate(taps.outputs):
-                    feats[k].append(flatten(o).float().cpu())
-    finally:
-        model.train(was_training)
+    with evaluating(model), taps:
+        for i in range(0, len(x), batch_size):
+            out = model(x[i : i + batch_size].to(device))
+            preds.append(out.argmax(dim=1).cpu())
+            for k, o in enumerate(taps.outputs):
+                feats[k].append(flatten(o).float().cpu())
     return [torch.cat(f) for f in feats], torch.cat(preds)
 
 

@@ -29,6 +29,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..modes import evaluating
+
 __all__ = ["PrefixRunner", "PrefixCache", "build_prefix_cache"]
 
 
@@ -112,17 +114,13 @@ class PrefixRunner:
     @torch.no_grad()
     def verify(self, x: Tensor, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
         """Does the split reproduce ``model(x)`` in eval mode? Never raises; modes are restored."""
-        modes = [(m, m.training) for m in self.model.modules()]
         try:
-            self.model.eval()
-            full = self.model(x)
-            resumed = self.forward_from(x, self.capture(x))
+            with evaluating(self.model):
+                full = self.model(x)
+                resumed = self.forward_from(x, self.capture(x))
             return isinstance(full, Tensor) and full.shape == resumed.shape and torch.allclose(full, resumed, rtol=rtol, atol=atol)
         except Exception:  # any failure means the model cannot be split this way
             return False
-        finally:
-            for m, mode in modes:
-                m.training = mode
 
 
 class PrefixCache:

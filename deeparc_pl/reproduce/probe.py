@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..modes import evaluating
 from ..taps import LayerTaps
 
 __all__ = ["layer_features", "probe_accuracies", "pair_differences"]
@@ -26,21 +27,15 @@ def layer_features(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | No
     """Per layer, an (n, d) array of pooled, flattened outputs of ``model`` on ``x`` (eval mode)."""
     if pool < 1:
         raise ValueError(f"pool must be >= 1, got {pool}")
-    was_training = model.training
-    model.eval()
-    chunks: list[list[np.ndarray]] = []
-    try:
-        with LayerTaps(model, layers) as taps:
-            names = taps.names
-            chunks = [[] for _ in names]
-            for i in range(0, len(x), batch_size):
-                model(x[i:i + batch_size])
-                for j, out in enumerate(taps.outputs):
-                    if out.ndim == 4:
-                        out = F.adaptive_avg_pool2d(out, pool)
-                    chunks[j].append(out.flatten(1).float().cpu().numpy())
-    finally:
-        model.train(was_training)
+    with evaluating(model), LayerTaps(model, layers) as taps:
+        names = taps.names
+        chunks: list[list[np.ndarray]] = [[] for _ in names]
+        for i in range(0, len(x), batch_size):
+            model(x[i:i + batch_size])
+            for j, out in enumerate(taps.outputs):
+                if out.ndim == 4:
+                    out = F.adaptive_avg_pool2d(out, pool)
+                chunks[j].append(out.flatten(1).float().cpu().numpy())
     return names, [np.concatenate(c) for c in chunks]
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..architecture.semantic import SemanticArchitecture
+from ..modes import copy_modes
 from ..pruners.masks import copy_model
 from ..models.edits import apply_edit, get_submodule
 from ..taps import LayerTaps, resolve_layer_names
@@ -204,7 +205,7 @@ def reduce(
             sewing.to(device)
         first = next(model.parameters(), None)
         reduced.to(first.device if first is not None else "cpu")
-    reduced.train(model.training)
+    copy_modes(model, reduced)
     return Reduction(reduced, removed, spans)
 
 

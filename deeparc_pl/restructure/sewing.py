@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from ..modes import evaluating, modes_of, restore_modes
 from ..models.edits import get_submodule
 from ..models.sewing import Sewing
 
@@ -92,16 +93,13 @@ def capture(model: nn.Module, name: str, x: torch.Tensor, what: str = "output") 
         raise _Stop
 
     handle = module.register_forward_pre_hook(pre) if what == "input" else module.register_forward_hook(post)
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(x)
     except _Stop:
         pass
     finally:
         handle.remove()
-        model.train(was_training)
     if not box:
         raise RuntimeError(f"submodule {name!r} did not run in a forward pass of {type(model).__name__}")
     return box[0]
@@ -135,7 +133,7 @@ def recalibrate_batchnorm(module: nn.Module, inputs: torch.Tensor, batch_size: i
     if not norms:
         return
     saved = [m.momentum for m in norms]
-    was_training = module.training
+    modes = modes_of(module)
     try:
         for m in norms:
             m.reset_running_stats()
@@ -149,7 +147,7 @@ def recalibrate_batchnorm(module: nn.Module, inputs: torch.Tensor, batch_size: i
     finally:
         for m, mom in zip(norms, saved):
             m.momentum = mom
-        module.train(was_training)
+        restore_modes(modes)
 
 
 def _mse(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> float:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..modes import evaluating
+
 __all__ = ["wants_channels_last", "channels_last_copy", "to_channels_last", "agrees", "prefer_channels_last"]
 
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
@@ -95,11 +97,8 @@ def prefer_channels_last(
     fast = channels_last_copy(model)
     if fast is None:
         return model
-    was_training = model.training
-    try:
-        why = agrees(fast, model.eval(), probe)
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        why = agrees(fast, model, probe)
     if why is not None:
         warnings.warn(f"running the model as given, not channels-last: {why}", stacklevel=2)
         return model
