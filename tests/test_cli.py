@@ -59,11 +59,39 @@ def test_train_then_modularize_from_checkpoint(tmp_path, capsys):
         (["modularize", "model.weights=/nonexistent/w.pt"], "no checkpoint"),
         (["train", "model.name=resnet8", "data.name=imagenet"], "imagenet"),
         (["train", "model.name=resnet8", "notakeyvalue"], "key=value"),
+        (["modularize", "=3"], "key=value"),
+        (["train", "trainer_max_epochs=7"], "'trainer_max_epochs' (did you mean trainer.max_epochs"),
+        (["train", "trainer.max_epochs=abc"], "trainer.max_epochs must be an integer, got 'abc'"),
+        (["train", "data.augment=maybe"], "data.augment must be true or false"),
+        (["modularize", "cka.samples=0"], "cka.samples must be an integer of at least 1, got 0"),
+        (["attack", "attack.limit=0"], "attack.limit must be an integer of at least 1"),
+        (["train", "model.layers=[layer1.0"], "cannot read the override 'model.layers=[layer1.0'"),
+        (["train", "data=3"], "'data' (did you mean"),
     ],
 )
 def test_bad_input_is_a_clear_error(args, message, capsys, tmp_path):
     assert main([*args, f"out={tmp_path}"]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_recipe_errors_name_the_file(tmp_path, capsys):
+    cases = {"list.yaml": ("- a\n- b\n", "must be a mapping"), "broken.yaml": ("a: [\n", "not valid YAML"),
+             "typo.yaml": ("modle:\n  name: mlp\n", "'modle.name' (did you mean model.name")}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert main(["train", "--config", str(tmp_path / name), f"out={tmp_path}"]) == 1
+        err = capsys.readouterr().err
+        assert message in err and name in err, err
+
+
+def test_keys_of_other_commands_are_ignored_with_a_warning():
+    from deeparc_pl.cli.config import build_config
+
+    with pytest.warns(UserWarning, match=r"does not use \['cka.samples'\]"):
+        cfg = build_config("train", None, ["cka.samples=5", "trainer.max_epochs=2", "trainer.gradient_clip_val=1.0"])
+    assert cfg.trainer.max_epochs == 2 and cfg.trainer.gradient_clip_val == 1.0  # trainer.* is open
+    cfg = build_config("attack", None, ["attack.params.eps=0.05"])  # keys under a dict-valued key are open
+    assert cfg.attack.params.eps == 0.05
 
 
 def test_parse_sweep():

@@ -1,16 +1,24 @@
 """Configuration for every command: documented defaults, merged with a recipe and key=value overrides.
 
 Precedence (omegaconf merge): built-in defaults < ``--config recipe.yaml`` < ``key=value`` dotlist.
-Each key carries a one-line help text, printed by ``deeparc COMMAND --help``.
+Each key carries a one-line help text, printed by ``deeparc COMMAND --help``. A key that no command
+declares is refused, with the closest known keys; one that only another command declares is ignored
+with a warning on the command line and silently in a recipe (recipes and override lists are shared
+by the commands of one experiment); open namespaces are
+``trainer.*`` (any Lightning ``Trainer`` argument) and keys under a dict-valued key such as
+``attack.params``. Values must have the type of their default (an int for an int, a number for a
+float, true/false for a bool), and counts in :data:`POSITIVE` must be at least 1.
 """
 from __future__ import annotations
 
+import difflib
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["SHARED_KEYS", "command_keys", "keys_for", "build_config", "describe_keys"]
+__all__ = ["SHARED_KEYS", "POSITIVE", "command_keys", "keys_for", "build_config", "describe_keys"]
 
 # key -> (default, help)
 SHARED_KEYS: dict[str, tuple[Any, str]] = {
@@ -37,6 +45,15 @@ SHARED_KEYS: dict[str, tuple[Any, str]] = {
     "trainer.log_every_n_steps": (10, "Lightning logging interval"),
 }
 
+#: Counts where 0 would silently mean "everything" or nothing at all.
+POSITIVE: frozenset[str] = frozenset({
+    "data.batch_size", "cka.batch_size", "cka.passes", "cka.samples", "attack.limit", "readapt.samples",
+    "readapt.batch_size", "sewing.samples", "latency.repeats", "latency.batch_size", "max_rounds",
+})
+#: Keys whose int default stands for a wider type (Lightning takes devices=auto or a list of ids).
+LOOSE: frozenset[str] = frozenset({"trainer.devices"})
+
+
 def command_keys(command: str) -> dict[str, tuple[Any, str]]:
     """The keys a command adds: its CLI module's ``KEYS`` dict (key -> (default, help))."""
     from .main import command_module
@@ -60,20 +77,117 @@ def keys_for(command: str) -> dict[str, tuple[Any, str]]:
     return {**SHARED_KEYS, **command_keys(command)}
 
 
+def _open_keys(keys: Mapping[str, tuple[Any, str]]) -> list[str]:
+    return [k for k, (v, _) in keys.items() if isinstance(v, dict)]
+
+
+def _leaves(tree: Any, known: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    """Dotted keys of a nested dict, not descending below a declared key (its value may be a dict)."""
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and path not in known:
+            yield from _leaves(value, known, path + ".")
+        else:
+            yield path
+
+
+def _is_known(key: str, known: Mapping[str, Any], open_keys: Sequence[str]) -> bool:
+    return key in known or key.startswith("trainer.") or any(key.startswith(o + ".") for o in open_keys)
+
+
+def _unknown(tree: dict, known: Mapping[str, Any]) -> list[str]:
+    open_keys = _open_keys(known)
+    return [k for k in _leaves(tree, known) if not _is_known(k, known, open_keys)]
+
+
+def _check_known(tree: dict, known: Mapping[str, Any], where: str, hint: str) -> None:
+    unknown = _unknown(tree, known)
+    if unknown:
+        near = {k: difflib.get_close_matches(k, list(known), n=2) for k in unknown}
+        detail = "; ".join(f"{k!r}" + (f" (did you mean {' or '.join(v)}?)" if v else "") for k, v in near.items())
+        raise ValueError(f"unknown key(s) in {where}: {detail}. {hint}")
+
+
+def _all_keys() -> dict[str, tuple[Any, str]]:
+    from .main import COMMANDS
+
+    merged: dict[str, tuple[Any, str]] = {}
+    for command in COMMANDS:
+        merged.update(keys_for(command))
+    return merged
+
+
+def _load_recipe(path: Path) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"no recipe at {path}")
+    if path.is_dir():
+        raise ValueError(f"recipe {path} is a folder, not a YAML file")
+    try:
+        tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as exc:  # yaml parse errors and omegaconf errors alike
+        raise ValueError(f"recipe {path} is not valid YAML: {exc}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ValueError(f"recipe {path} must be a mapping of keys (key: value), got a {type(tree).__name__}")
+    return tree
+
+
+def _parse_overrides(overrides: Sequence[str]) -> dict:
+    tree: dict = {}
+    for item in overrides:
+        key, eq, _ = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"overrides must be key=value, got {item!r}")
+        try:
+            one = OmegaConf.to_container(OmegaConf.from_dotlist([item]), resolve=False)
+        except Exception as exc:
+            raise ValueError(f"cannot read the override {item!r}: {exc}") from None
+        tree = OmegaConf.to_container(OmegaConf.merge(tree, one), resolve=False)  # type: ignore[assignment]
+    return tree
+
+
+def _check_value(key: str, value: Any, default: Any) -> None:
+    if key in LOOSE or value is None:
+        return
+    if key in POSITIVE:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be an integer of at least 1, got {value!r}")
+        return
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    else:  # strings, lists, None-defaulted keys: checked where they are used
+        return
+    if not ok:
+        raise ValueError(f"{key} must be {kind}, got {value!r}")
+
+
 def build_config(command: str, config_path: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Defaults for ``command`` < recipe file < dotlist overrides."""
-    base = OmegaConf.create(_nest({k: v for k, (v, _) in keys_for(command).items()}))
-    layers = [base]
+    """Defaults for ``command`` < recipe file < dotlist overrides, checked key by key (module doc)."""
+    keys = keys_for(command)
+    layers: list[Any] = [OmegaConf.create(_nest({k: v for k, (v, _) in keys.items()}))]
     if config_path:
         path = Path(config_path)
-        if not path.exists():
-            raise FileNotFoundError(f"no recipe at {path}")
-        layers.append(OmegaConf.load(path))
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ValueError(f"overrides must be key=value, got {bad}")
-    layers.append(OmegaConf.from_dotlist(list(overrides)))
-    return OmegaConf.merge(*layers)
+        recipe = _load_recipe(path)
+        _check_known(recipe, _all_keys(), f"recipe {path}", "No command declares it; see `deeparc COMMAND --help`.")
+        layers.append(OmegaConf.create(recipe))
+    dot = _parse_overrides(overrides)
+    _check_known(dot, _all_keys(), "the command line", f"See `deeparc {command} --help` for the keys it takes.")
+    foreign = _unknown(dot, keys)
+    if foreign:
+        warnings.warn(f"`deeparc {command}` does not use {foreign} (keys of other commands): ignored", stacklevel=2)
+    layers.append(OmegaConf.create(dot))
+    try:
+        cfg = OmegaConf.merge(*layers)
+    except Exception as exc:  # e.g. a scalar given where a group of keys is expected
+        raise ValueError(f"the configuration does not fit the keys of `deeparc {command}`: {exc}") from None
+    for key, (default, _) in keys.items():
+        _check_value(key, OmegaConf.select(cfg, key), default)
+    return cfg  # type: ignore[return-value]
 
 
 def describe_keys(command: str) -> str:
