@@ -5,9 +5,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-__all__ = ["atomic_write", "write_json", "write_text", "check_writable"]
+__all__ = ["atomic_write", "write_json", "write_text", "check_writable", "refuse_existing"]
 
 
 def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -17,6 +17,16 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def refuse_existing(paths: Iterable[str | os.PathLike], overwrite: bool = False,
+                    hint: str = "pass overwrite=True (CLI: --overwrite) to replace them") -> None:
+    """Fail BEFORE any work when an output file already exists (naming every one), unless ``overwrite``."""
+    if overwrite:
+        return
+    taken = [str(p) for p in paths if Path(p).exists()]
+    if taken:
+        raise FileExistsError(f"{', '.join(taken)} already exist{'s' if len(taken) == 1 else ''}; {hint}")
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None], overwrite: bool = False) -> Path:

@@ -116,3 +116,24 @@ def test_command_help_explains_its_keys(command, key, capsys):
         main([command, "--help"])
     out = capsys.readouterr().out
     assert key in out and "model.weights" in out
+
+
+def test_existing_outputs_are_refused_before_any_work(tmp_path, capsys):
+    """Nothing is trained, attacked or written when an output (or the demo model's checkpoint) exists."""
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"the user's file")
+    cases = [
+        (["train", "model.name=mlp"], "model.ckpt already exists"),
+        (["modularize"], "pass model.weights="),  # would train a new demo model beside the user's
+        (["attack"], "pass model.weights="),
+        (["enhance"], "pass model.weights="),
+    ]
+    for args, message in cases:
+        assert main([*args, f"out={tmp_path}"]) == 1
+        assert message in capsys.readouterr().err
+    ckpt.unlink()
+    (tmp_path / "modules.png").write_bytes(b"an earlier plot")
+    assert main(["modularize", f"out={tmp_path}"]) == 1
+    assert "modules.png already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["modules.png"]  # no logs, no model, no partial output
+    assert (tmp_path / "modules.png").read_bytes() == b"an earlier plot"

@@ -7,7 +7,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from .common import console, make_datamodule, out_dir, plain, print_table
+from .common import console, make_datamodule, plain, print_table
 
 __all__ = ["run", "split_tensors", "KEYS", "HELP"]
 
@@ -47,16 +47,17 @@ def _as(ds: Any):
 def run(cfg: DictConfig, overwrite: bool = False) -> Path:
     from ..readapt.attacks import generate
     from ..readapt.evaluate import accuracy
-    from .modularize import obtain_model
+    from .modularize import obtain_model, refuse_outputs
 
+    a = cfg.attack
+    path = Path(str(a.file)) if a.file else Path(str(cfg.out)) / f"adversarial_{a.method}_{a.split}.pt"
+    refuse_outputs(cfg, [path], overwrite)
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = make_datamodule(cfg)
     model = obtain_model(cfg, dm, overwrite)
-    a = cfg.attack
     x, y = split_tensors(dm, str(a.split), a.limit)
     params = dict(plain(a.params) or {})
     adv = generate(model, (x, y), str(a.method), clip_values=tuple(dm.clip_values), seed=int(cfg.seed), **params)
-    path = Path(str(a.file)) if a.file else out_dir(cfg, "attack") / f"adversarial_{a.method}_{a.split}.pt"
     adv.save(path, overwrite=overwrite)
     print_table(f"{a.method} on {len(adv)} {a.split} samples", [{
         "samples": len(adv),

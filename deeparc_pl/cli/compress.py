@@ -15,8 +15,8 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from ..fileio import check_writable
 from .common import console, make_datamodule, make_model, out_dir, plain, print_table
+from .modularize import obtain_model, refuse_outputs
 
 __all__ = ["run", "KEYS", "HELP", "pruner_names"]
 
@@ -100,15 +100,12 @@ def run(cfg: DictConfig, overwrite: bool = False) -> Path:
     targets += [out / "compressed" / f"{n}{t}.ckpt" for n in names for t in tags]
     if mode != "without" and not cfg.architecture:
         targets.append(out / "architecture.json")
-    for path in targets:  # refuse before hours of work, not after
-        check_writable(path, overwrite)
+    refuse_outputs(cfg, targets, overwrite)  # before hours of work, not after
 
     dm = make_datamodule(cfg)
     if cfg.model.weights:
         model, _ = make_model(cfg, dm)
     else:
-        from .modularize import obtain_model
-
         model = obtain_model(cfg, dm, overwrite)
     model.eval()
     arch = _architecture(cfg, model, dm, out, overwrite) if mode != "without" else None

@@ -12,13 +12,13 @@ from torch.utils.data import DataLoader, Subset
 from ..architecture.callback import CKACallback
 from ..architecture.plots import plot_modularity_sweep, plot_module_sizes, plot_similarity
 from ..data.samplers import ShuffledPasses
-from ..fileio import write_json
+from ..fileio import refuse_existing, write_json
 from ..similarity.layout import prefer_channels_last
 from ..training import Classifier
 from .common import console, make_datamodule, make_model, make_trainer, out_dir, plain, print_table
 from .train import train_model
 
-__all__ = ["run", "parse_sweep", "cka_loader", "obtain_model", "KEYS", "HELP"]
+__all__ = ["run", "parse_sweep", "cka_loader", "obtain_model", "refuse_outputs", "outputs", "KEYS", "HELP"]
 
 HELP = "layer similarity (CKA) + semantic modules -> architecture.json, similarity.png, modules.png"
 KEYS = {
@@ -54,11 +54,33 @@ def parse_sweep(spec: Any) -> list[float]:
     return [round(start + i * step, 10) for i in range(count)]
 
 
+def demo_checkpoint(cfg: DictConfig) -> Path | None:
+    """Where the on-the-fly model is written when no ``model.weights`` are given (else None)."""
+    return None if cfg.model.weights else Path(str(cfg.out)) / "model.ckpt"
+
+
+def refuse_outputs(cfg: DictConfig, outputs: list[Path], overwrite: bool) -> None:
+    """Before any work: no output file, nor the demo model's checkpoint, may exist without --overwrite.
+
+    An existing ``model.ckpt`` in ``out`` with no ``model.weights`` would otherwise end up beside
+    results computed from a different, freshly trained model."""
+    demo = demo_checkpoint(cfg)
+    if demo is not None and demo.exists() and not overwrite:
+        raise FileExistsError(
+            f"{demo} already exists and no model.weights were given, so a new demo model would be trained beside "
+            f"it; pass model.weights={demo} to use it, --overwrite to replace it, or another out="
+        )
+    refuse_existing(outputs, overwrite, "pass --overwrite to replace them, or another out=")
+
+
 def obtain_model(cfg: DictConfig, dm: Any, overwrite: bool = False):
-    """The model to analyse: loaded from ``model.weights``, or trained on the fly (built-in default)."""
+    """The model to analyse: loaded from ``model.weights``, or trained on the fly (built-in default)
+    and written to ``out/model.ckpt`` (refused up front by :func:`refuse_outputs` if it exists)."""
     if cfg.model.weights:
         model, _ = make_model(cfg, dm)
         return model
+    path = demo_checkpoint(cfg)
+    refuse_existing([path], overwrite, "pass model.weights=<it> to use it, or --overwrite to replace it")
     if not cfg.model.name:
         cfg.model.name = DEFAULT_MODEL
     model, _ = make_model(cfg, dm)
@@ -68,10 +90,9 @@ def obtain_model(cfg: DictConfig, dm: Any, overwrite: bool = False):
     console.print(f"test accuracy of the trained model: {metrics.get('test_acc', float('nan')):.4f}")
     from ..models.checkpoint import save_checkpoint
 
-    path = out_dir(cfg, "modularize") / "model.ckpt"
-    if overwrite or not path.exists():
-        save_checkpoint(path, model, info={"data": str(cfg.data.name), **metrics}, overwrite=overwrite)
-        console.print(f"wrote {path}")
+    out_dir(cfg, "modularize")
+    save_checkpoint(path, model, info={"data": str(cfg.data.name), **metrics}, overwrite=overwrite)
+    console.print(f"wrote {path}")
     return model
 
 
@@ -104,8 +125,17 @@ def check(cfg: DictConfig) -> None:
         validate_threshold(th)
 
 
+def outputs(cfg: DictConfig) -> list[Path]:
+    out = Path(str(cfg.out))
+    files = [out / "architecture.json", out / "similarity.png", out / "modules.png"]
+    if parse_sweep(plain(cfg.get("thresholds"))):
+        files += [out / "sweep.json", out / "modularity.png"]
+    return files
+
+
 def run(cfg: DictConfig, overwrite: bool = False) -> Path:
     check(cfg)
+    refuse_outputs(cfg, outputs(cfg), overwrite)
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = make_datamodule(cfg)
     model = obtain_model(cfg, dm, overwrite)

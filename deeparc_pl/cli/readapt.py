@@ -81,10 +81,12 @@ def run(cfg: DictConfig, overwrite: bool = False, command: str = "enhance") -> P
     from ..readapt.report import markdown_table, table_row, write_report
     from ..readapt.tasks import FullFinetune, ModularEnhance, ModularRepair
     from .attack import split_tensors
-    from .modularize import obtain_model
+    from .modularize import obtain_model, refuse_outputs
 
     if command not in ("enhance", "repair"):
         raise ValueError(f"command must be 'enhance' or 'repair', got {command!r}")
+    folder = Path(str(cfg.out))
+    refuse_outputs(cfg, [folder / f"readapt_{command}.md", folder / f"readapt_{command}.json"], overwrite)
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = make_datamodule(cfg)
     model = obtain_model(cfg, dm, overwrite).eval()

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from torch import nn
 
+from ..fileio import refuse_existing
 from ..training import Classifier
 from .common import console, make_datamodule, make_model, make_trainer
 
@@ -49,9 +50,10 @@ def run(cfg: DictConfig, overwrite: bool = False) -> Path:
     dm = make_datamodule(cfg)
     if not cfg.model.name and not cfg.model.weights:
         raise ValueError("deeparc train needs model.name (a zoo name, see `deeparc models`, or package.module:Class)")
+    path = Path(str(cfg.get("checkpoint") or Path(str(cfg.out)) / "model.ckpt"))
+    refuse_existing([path], overwrite, "pass --overwrite to replace it, or checkpoint=<another path>")
     model, _ = make_model(cfg, dm)
     metrics = train_model(cfg, dm, model)
-    path = Path(str(cfg.get("checkpoint") or Path(str(cfg.out)) / "model.ckpt"))
     save_checkpoint(path, model, info={"data": str(cfg.data.name), "classes": dm.num_classes, **metrics}, overwrite=overwrite)
     console.print(f"[bold]test accuracy[/bold] {metrics.get('test_acc', float('nan')):.4f}  ->  checkpoint {path}")
     return path

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..fileio import check_writable, write_json, write_text
+from ..fileio import check_writable, refuse_existing, write_json, write_text
 
 __all__ = [
     "mean_std",
@@ -107,11 +107,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 
 def check_outputs(paths: Iterable[str | Path], overwrite: bool) -> None:
     """Fail before any work if a report file exists and ``overwrite`` is off (cells are always kept)."""
-    for p in paths:
-        if Path(p).exists() and not overwrite:
-            raise FileExistsError(
-                f"{p} already exists; pass --overwrite to rewrite the report (finished cells are reused either way)"
-            )
+    refuse_existing(paths, overwrite, "pass --overwrite to rewrite the report (finished cells are reused either way)")
 
 
 class Report:
