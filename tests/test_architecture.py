@@ -65,6 +65,47 @@ def test_inconsistent_construction():
         SemanticArchitecture(["a", "b"], [["a"], ["b"]], np.eye(2), 1.5, "adjacent", "exact")
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("modules", [["a"], [], ["b", "c"]], "modules \\[1\\] are empty"),
+        ("layer_names", ["a", "a", "c"], "repeat \\['a'\\]"),
+        ("layer_names", "abc", "list of layer names, got str"),
+        ("layer_names", None, "list of layer names"),
+        ("method", "bogus", "unknown partition method 'bogus'"),
+        ("estimator", "bogus", "unknown CKA estimator 'bogus'"),
+        ("threshold", "high", "'threshold' must be a number"),
+        ("meta", [], "'meta' must be a dict"),
+        ("similarity", [["x"]], "'similarity' is not a numeric matrix"),
+    ],
+)
+def test_a_corrupt_architecture_file_names_the_file_and_the_field(tmp_path, field, value, message):
+    data = SemanticArchitecture(["a", "b", "c"], [["a"], ["b", "c"]], np.eye(3), 0.9, "adjacent", "exact").to_dict()
+    data[field] = value
+    path = tmp_path / "arch.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message) as err:
+        SemanticArchitecture.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_folder_or_a_bare_string_is_not_an_architecture(tmp_path):
+    with pytest.raises(ValueError, match="is not a file"):
+        SemanticArchitecture.load(tmp_path)
+    with pytest.raises(TypeError, match="list of layer names, got str"):
+        SemanticArchitecture.from_similarity("ab", np.eye(2))
+    with pytest.raises(ValueError, match=r"similarity is \(2, 2\) but there are 1 layer names"):
+        SemanticArchitecture.from_similarity(["a"], np.eye(2))
+
+
+def test_a_hand_made_partition_is_method_manual():
+    arch = SemanticArchitecture(["a", "b", "c"], [["a", "b"], ["c"]], np.eye(3), 0.9, "manual", "exact")
+    assert arch.modularity == 2 / 3
+    with pytest.raises(ValueError, match="name the method"):
+        arch.repartition(0.5)
+    assert arch.repartition(0.5, method="adjacent").method == "adjacent"
+
+
 def test_plots_are_pngs(tmp_path):
     arch = _arch()
     for path in (

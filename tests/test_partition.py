@@ -92,6 +92,12 @@ def test_threshold_outside_unit_interval(bad):
         partition(np.eye(3), bad)
 
 
+@pytest.mark.parametrize("bad", [True, "high", None])
+def test_threshold_that_is_not_a_number(bad):
+    with pytest.raises(TypeError, match="threshold must be a number"):
+        partition(np.eye(3), bad)
+
+
 def test_bad_matrices():
     with pytest.raises(ValueError, match="at least 2 layers"):
         partition(np.ones((1, 1)), 0.9)

@@ -24,7 +24,9 @@ __all__ = ["partition", "METHODS", "module_similarity", "eq4_objective", "valida
 
 
 def validate_threshold(threshold: float) -> float:
-    """Thresholds are similarities: they must lie in (0, 1]."""
+    """Thresholds are similarities: they must lie in (0, 1] (a bool is not a threshold)."""
+    if isinstance(threshold, (bool, np.bool_)):
+        raise TypeError(f"threshold must be a number in (0, 1], got the bool {threshold!r}")
     try:
         t = float(threshold)
     except (TypeError, ValueError):

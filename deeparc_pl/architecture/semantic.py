@@ -9,11 +9,24 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..fileio import write_json
-from .partition import partition, validate_similarity, validate_threshold
+from ..similarity.functional import ESTIMATORS
+from .partition import METHODS, partition, validate_similarity, validate_threshold
 
-__all__ = ["SemanticArchitecture", "FORMAT"]
+__all__ = ["SemanticArchitecture", "FORMAT", "MANUAL"]
 
 FORMAT = "deeparc_pl.semantic_architecture/v1"
+#: ``method`` of a partition given by hand (not drawn from the similarity by a rule).
+MANUAL = "manual"
+
+
+def _names(value: Any, what: str) -> list[str]:
+    """A list of non-empty layer names (a bare string is refused: it would split into letters)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"{what} must be a list of layer names, got {type(value).__name__} {value!r}")
+    bad = [v for v in value if not isinstance(v, str) or not v]
+    if bad:
+        raise TypeError(f"{what} must hold non-empty strings (layer names), got {bad[:3]}")
+    return list(value)
 
 
 @dataclass
@@ -34,8 +47,24 @@ class SemanticArchitecture:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.layer_names = _names(self.layer_names, "layer_names")
+        repeated = sorted({n for n in self.layer_names if self.layer_names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"layer_names repeat {repeated}: each layer appears once")
+        if isinstance(self.modules, (str, bytes)) or not isinstance(self.modules, (list, tuple)):
+            raise TypeError(f"modules must be a list of lists of layer names, got {type(self.modules).__name__}")
+        self.modules = [_names(m, f"module {k}") for k, m in enumerate(self.modules)]
+        empty = [k for k, m in enumerate(self.modules) if not m]
+        if empty:
+            raise ValueError(f"modules {empty} are empty: every module holds at least one layer")
         self.similarity = validate_similarity(self.similarity)
         self.threshold = validate_threshold(self.threshold)
+        if self.method not in METHODS and self.method != MANUAL:
+            raise ValueError(f"unknown partition method {self.method!r}; one of {sorted(METHODS)} or {MANUAL!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown CKA estimator {self.estimator!r}; one of {list(ESTIMATORS)}")
+        if not isinstance(self.meta, dict):
+            raise TypeError(f"meta must be a dict, got {type(self.meta).__name__}")
         n = len(self.layer_names)
         if self.similarity.shape != (n, n):
             raise ValueError(f"similarity is {self.similarity.shape} but there are {n} layer names")
@@ -55,12 +84,16 @@ class SemanticArchitecture:
         meta: dict[str, Any] | None = None,
     ) -> "SemanticArchitecture":
         sim = validate_similarity(similarity)
-        names = list(layer_names)
+        names = _names(layer_names, "layer_names")
+        if sim.shape != (len(names), len(names)):
+            raise ValueError(f"similarity is {sim.shape} but there are {len(names)} layer names")
         groups = partition(sim, threshold, method)
         return cls(names, [[names[i] for i in g] for g in groups], sim, threshold, method, estimator, dict(meta or {}))
 
     def repartition(self, threshold: float | None = None, method: str | None = None) -> "SemanticArchitecture":
         """The same measurements, partitioned again (threshold sweeps need no new forward passes)."""
+        if method is None and self.method == MANUAL:
+            raise ValueError("this partition was given by hand (method 'manual'): name the method to repartition with")
         return SemanticArchitecture.from_similarity(
             self.layer_names,
             self.similarity,
@@ -155,24 +188,31 @@ class SemanticArchitecture:
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "SemanticArchitecture":
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"{source} is not a deeparc_pl semantic architecture (expected format {FORMAT!r})")
+        missing = [k for k in ("layer_names", "modules", "similarity", "threshold", "method", "estimator") if k not in data]
+        if missing:
+            raise ValueError(f"{source} lacks the field(s) {missing}")
         try:
-            return cls(
-                list(data["layer_names"]),
-                [list(m) for m in data["modules"]],
-                np.asarray(data["similarity"], dtype=np.float64),
-                float(data["threshold"]),
-                str(data["method"]),
-                str(data["estimator"]),
-                dict(data.get("meta", {})),
-            )
-        except KeyError as exc:
-            raise ValueError(f"{source} lacks the field {exc.args[0]!r}") from None
+            sim = np.asarray(data["similarity"], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: field 'similarity' is not a numeric matrix ({exc})") from None
+        for key, kind in (("method", str), ("estimator", str), ("meta", dict)):
+            if key in data and not isinstance(data[key], kind):
+                raise ValueError(f"{source}: field {key!r} must be a {kind.__name__}, got {data[key]!r}")
+        if isinstance(data["threshold"], bool) or not isinstance(data["threshold"], (int, float)):
+            raise ValueError(f"{source}: field 'threshold' must be a number in (0, 1], got {data['threshold']!r}")
+        try:
+            return cls(data["layer_names"], data["modules"], sim, data["threshold"], data["method"],
+                       data["estimator"], dict(data.get("meta", {})))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source} is not a valid semantic architecture: {exc}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "SemanticArchitecture":
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no architecture file at {path}")
+        if not path.is_file():
+            raise ValueError(f"{path} is not a file (an architecture is a JSON file from `deeparc modularize`)")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
