@@ -169,6 +169,9 @@ def test_options_k_and_modules(resnet, arch):
         reduce_layers(resnet, arch, modules=[3])  # stride-2 block removed, but no data given
     with pytest.raises(TypeError, match="unknown sewing options"):
         reduce_layers(resnet, arch, k=1, epoch=3)
+    nan = TensorDataset(torch.full((8, 1, 28, 28), float("nan")), torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match="NaN/inf values on the sewing data"):
+        reduce_layers(resnet, arch, modules=[3], data=nan, samples=8, epochs=1)
 
 
 def test_rq2_variants_change_the_right_layers(resnet, arch):

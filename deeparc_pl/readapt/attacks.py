@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from deeparc_pl.fileio import atomic_write
-from deeparc_pl.readapt.evaluate import Data, as_tensors
+from deeparc_pl.readapt.evaluate import Data, as_tensors, check_samples
 
 __all__ = ["AdversarialSet", "generate", "METHODS", "default_params"]
 
@@ -114,6 +114,10 @@ class AdversarialSet:
             raise ValueError(f"x_adv shape {tuple(self.x_adv.shape)} differs from x shape {tuple(self.x.shape)}")
         if len(self.y) != len(self.x):
             raise ValueError(f"{len(self.y)} labels for {len(self.x)} inputs")
+        if len(self.x) == 0:
+            raise ValueError("an AdversarialSet holds at least one sample")
+        check_samples(self.x, self.y, "AdversarialSet (clean x)")
+        check_samples(self.x_adv, self.y, "AdversarialSet (x_adv)")
 
     def __len__(self) -> int:
         return len(self.x)
@@ -211,6 +215,7 @@ def generate(
     x, y = as_tensors(dataset, limit=limit)
     if not x.dtype.is_floating_point:
         raise TypeError(f"inputs must be floating point to be perturbed, got dtype {x.dtype}")
+    check_samples(x, y, "the data to attack")  # before the clip range is read off the inputs
     clip = _clip_values(dataset, x, clip_values)
 
     options = default_params(method, clip)
@@ -220,6 +225,9 @@ def generate(
     if unknown:
         raise TypeError(f"unknown parameter(s) {unknown} for {method}; accepted: {sorted(allowed)}")
     options.update(params)
+    nonfinite = [k for k, v in options.items() if isinstance(v, float) and not math.isfinite(v)]
+    if nonfinite:
+        raise ValueError(f"attack option(s) {nonfinite} must be finite numbers, got {[options[k] for k in nonfinite]}")
     if batch_size is not None:
         options["batch_size"] = batch_size
     if int(options["batch_size"]) < 1:
@@ -231,6 +239,7 @@ def generate(
         out = net(x[:1].to(device))
     if out.ndim != 2:
         raise ValueError(f"model must return logits of shape (batch, classes), got shape {tuple(out.shape)}")
+    check_samples(x, y, "the data to attack", int(out.shape[1]))
 
     from art.estimators.classification import PyTorchClassifier
 

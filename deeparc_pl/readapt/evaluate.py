@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..modes import evaluating
 
-__all__ = ["as_tensors", "accuracy", "predict"]
+__all__ = ["as_tensors", "check_samples", "output_classes", "accuracy", "predict"]
 
 Data = Union[Dataset, DataLoader, Sequence[Tensor]]
 
@@ -73,6 +73,36 @@ def as_tensors(data: Data, limit: int | None = None, batch_size: int = 256) -> t
         x, y = x[:limit], y[:limit]
     if len(x) == 0:
         raise ValueError("the data is empty")
+    return x, y
+
+
+def output_classes(model: nn.Module, x: Tensor) -> int:
+    """How many classes ``model`` scores: the width of its logits on two samples (eval mode, no grad)."""
+    with evaluating(model), torch.no_grad():
+        out = model(x[:2].to(_device_of(model)))
+    if not isinstance(out, Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"the model must return logits of shape (batch, classes), got {shape}")
+    return int(out.shape[1])
+
+
+def check_samples(x: Tensor, y: Tensor, what: str = "the data", num_classes: int | None = None) -> tuple[Tensor, Tensor]:
+    """Refuse inputs with NaN/inf and labels that are not class indices (of ``num_classes``, when known).
+
+    Caught here, a NaN would otherwise train a NaN model or rank modules by NaN without an error,
+    and a label of 99 would fail only deep inside the loss, in the middle of training.
+    """
+    if x.dtype.is_floating_point or x.is_complex():
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise ValueError(f"{what}: the inputs contain {bad} NaN/inf values")
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex() or y.ndim != 1:
+        raise TypeError(f"{what}: labels must be a 1-D tensor of integer class indices, got {y.dtype} {tuple(y.shape)}")
+    if len(y):
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or (num_classes is not None and hi >= num_classes):
+            limit = f"in 0 .. {num_classes - 1}" if num_classes is not None else "(>= 0)"
+            raise ValueError(f"{what}: labels must be class indices {limit}, got values from {lo} to {hi}")
     return x, y
 
 

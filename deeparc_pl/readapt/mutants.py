@@ -20,7 +20,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from deeparc_pl.readapt.evaluate import Data, accuracy, as_tensors
+from deeparc_pl.readapt.evaluate import Data, accuracy, as_tensors, check_samples, output_classes
 
 __all__ = ["mutate", "mutable_weights", "MutationTargetError"]
 
@@ -164,6 +164,7 @@ def mutate(
     if max_evals < 2 or max_attempts < 1:
         raise ValueError(f"need max_evals >= 2 and max_attempts >= 1, got {max_evals} and {max_attempts}")
     x, y = as_tensors(dataset, limit=limit, batch_size=batch_size)
+    check_samples(x, y, "the data", output_classes(model, x))
     data = (x, y)
 
     base = copy.deepcopy(model).eval()

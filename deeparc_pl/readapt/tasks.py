@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..architecture.semantic import SemanticArchitecture
 from ..taps import LayerTaps
 from .deviation import GaussianReference, cka_deviation, flatten, mse_deviation
-from .evaluate import as_tensors
+from .evaluate import as_tensors, check_samples, output_classes
 from .freezing import ModuleSpan, freeze_outside, module_span, set_frozen_eval, trace_model
 from .locate import module_outputs
 from .prefix_cache import PrefixCache, build_prefix_cache
@@ -55,9 +55,7 @@ def _as_pair(data: Any, what: str) -> tuple[Tensor, Tensor]:
         x, y = as_tensors(data)
     except ValueError as exc:
         raise ValueError(f"{what} is empty or invalid: {exc}") from None
-    if y.dtype.is_floating_point or y.ndim != 1:
-        raise TypeError(f"{what} labels must be integer class indices, got {y.dtype} {tuple(y.shape)}")
-    return x.float(), y.long()
+    return x, y
 
 
 class ReadaptTask(pl.LightningModule):
@@ -113,6 +111,10 @@ class ReadaptTask(pl.LightningModule):
             reference, target = (target.x, target.y), (target.x_adv, target.y)
         x_ref, y_ref = _as_pair(reference, "the reference set D")
         x_tgt, y_tgt = _as_pair(target, "the target set D'")
+        classes = output_classes(model, x_ref)
+        x_ref, y_ref = check_samples(x_ref, y_ref, "the reference set D", classes)
+        x_tgt, y_tgt = check_samples(x_tgt, y_tgt, "the target set D'", classes)
+        x_ref, y_ref, x_tgt, y_tgt = x_ref.float(), y_ref.long(), x_tgt.float(), y_tgt.long()
         if self.paired and len(x_ref) != len(x_tgt):
             raise ValueError(
                 f"enhancement pairs each target sample with its clean original: got {len(x_ref)} reference and "

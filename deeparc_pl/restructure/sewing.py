@@ -124,7 +124,13 @@ def collect_pairs(
         ys.append(capture(original, target_layer, x, "output").cpu())
     if not xs:
         raise ValueError("the data for the sewing layer is empty")
-    return torch.cat(xs), torch.cat(ys)
+    inputs, targets = torch.cat(xs), torch.cat(ys)
+    for tensor, what in ((inputs, f"the input of {sewing_layer!r} in the reduced model"),
+                         (targets, f"the output of {target_layer!r} in the original model")):
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:  # a sewing layer fitted to NaN would make the whole reduced model output NaN
+            raise ValueError(f"{what} has {bad} NaN/inf values on the sewing data: cannot fit the sewing layer")
+    return inputs, targets
 
 
 def recalibrate_batchnorm(module: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:
