@@ -137,3 +137,10 @@ def test_existing_outputs_are_refused_before_any_work(tmp_path, capsys):
     assert "modules.png already exists" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["modules.png"]  # no logs, no model, no partial output
     assert (tmp_path / "modules.png").read_bytes() == b"an earlier plot"
+
+
+@pytest.mark.parametrize("command", ["compress", "enhance", "repair", "reproduce"])
+def test_every_command_that_computes_an_architecture_takes_cka_channels_last(command):
+    from deeparc_pl.cli.config import build_config
+
+    assert build_config(command, None, ["cka.channels_last=false"]).cka.channels_last is False

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from .common import console, make_datamodule, make_model, out_dir, plain, print_table
+from .modularize import KEYS as MODULARIZE_KEYS
 from .modularize import obtain_model, refuse_outputs
 
 __all__ = ["run", "KEYS", "HELP", "pruner_names"]
@@ -40,6 +41,7 @@ KEYS = {
     "cka.passes": (1, "shuffled passes over the data for the CKA"),
     "cka.split": ("test", "split that feeds the CKA: test, train or val"),
     "cka.samples": (None, "use only the first N samples of that split for the CKA"),
+    "cka.channels_last": MODULARIZE_KEYS["cka.channels_last"],
     "reduce.k": (None, "remove only the first k layers of the Algorithm 2 order"),
     "reduce.modules": (None, "reduce only these module indices"),
     "sewing.samples": (2048, "training samples cached to fit each sewing layer"),
@@ -77,7 +79,8 @@ def _architecture(cfg: DictConfig, model: Any, dm: Any, out: Path, overwrite: bo
 
     console.print(f"computing the semantic architecture on the {cfg.cka.split} split (threshold {cfg.threshold})")
     arch = modularize(model, cka_loader(cfg, dm), layers=plain(cfg.model.layers), threshold=float(cfg.threshold),
-                      method=str(cfg.method), estimator=str(cfg.cka.estimator))
+                      method=str(cfg.method), estimator=str(cfg.cka.estimator),
+                      channels_last=plain(cfg.cka.get("channels_last")))
     arch.meta.update({"weights": str(cfg.model.weights or ""), "data": str(cfg.data.name), "split": str(cfg.cka.split)})
     arch.save(out / "architecture.json", overwrite=overwrite)
     return arch

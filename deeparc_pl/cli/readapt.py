@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, TensorDataset
 
 from .common import console, make_datamodule, make_trainer, out_dir, plain, print_table
+from .modularize import KEYS as MODULARIZE_KEYS
 
 __all__ = ["run", "KEYS", "HELP", "COMMAND_AWARE"]
 
@@ -47,6 +48,7 @@ KEYS = {
     "method": ("progressive", "partition method when the architecture is computed here"),
     "cka.estimator": ("minibatch", "CKA estimator when the architecture is computed here"),
     "cka.samples": (1000, "test samples for the CKA when the architecture is computed here"),
+    "cka.channels_last": MODULARIZE_KEYS["cka.channels_last"],
     "locate.mode": (None, "explicit (enhance default) or implicit (repair default)"),
     "locate.rank_by": ("increment", "increment (authors) or absolute"),
     "locate.baseline": ("input", "first module's increment over the inputs' deviation (input) or 0 (zero)"),
@@ -65,7 +67,8 @@ def _architecture(cfg: DictConfig, model: torch.nn.Module, x_test: torch.Tensor,
     ds = TensorDataset(x_test[:n], y_test[:n])
     loader = DataLoader(ds, batch_size=256, sampler=ShuffledPasses(ds, passes=1, seed=int(cfg.seed)))
     return modularize(model, loader, layers=plain(cfg.model.layers), threshold=float(cfg.threshold),
-                      method=str(cfg.method), estimator=str(cfg.cka.estimator))
+                      method=str(cfg.method), estimator=str(cfg.cka.estimator),
+                      channels_last=plain(cfg.cka.get("channels_last")))
 
 
 def _fit(cfg: DictConfig, command: str, task: Any, epochs: int) -> float:

@@ -29,6 +29,7 @@ KEYS: dict[str, tuple[Any, str]] = {
     "cka.passes": (1, "shuffled passes over the CKA samples (authors: 10)"),
     "cka.split": ("test", "split feeding the CKA: test, train or val"),
     "cka.samples": (1000, "first N samples of that split (None: all)"),
+    "cka.channels_last": (None, "channels-last copy of a conv model for the CKA passes (default: on CPU; false: as given)"),
     "train.optimizer": ("sgd", "sgd (momentum, cosine decay) or adam"),
     "train.lr": (0.05, "learning rate"),
     "train.momentum": (0.9, "SGD momentum"),

@@ -122,7 +122,7 @@ def measure_architecture(cfg: DictConfig, model: nn.Module, dm: Any, seed: int):
     net = model.to(device)
     try:
         arch = modularize(net, loader, layers=plain(cfg.model.layers), threshold=c["threshold"], method=c["method"],
-                          estimator=c["estimator"], device=device)
+                          estimator=c["estimator"], device=device, channels_last=plain(cfg.cka.get("channels_last")))
     finally:
         model.cpu()
     return arch
