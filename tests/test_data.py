@@ -61,7 +61,9 @@ def _cifar_folder(root: Path) -> tuple[Path, list[tuple[np.ndarray, np.ndarray]]
     rng = np.random.default_rng(0)
     folder = root / "cifar-10-batches-py"
     batches = []
-    for name, n in [("data_batch_1", 30), ("data_batch_2", 20), ("test_batch", 15)]:
+    sizes = [("data_batch_1", 30), ("data_batch_2", 20), ("data_batch_3", 4), ("data_batch_4", 3), ("data_batch_5", 3),
+             ("test_batch", 15)]
+    for name, n in sizes:
         x = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
         y = rng.integers(0, 10, size=n)
         write_cifar10_batch(folder / name, x, y)
@@ -77,26 +79,34 @@ def test_cifar10_round_trip_and_datamodule(tmp_path):
     np.testing.assert_array_equal(raw[b"data"][0, :1024], b[0][0][0][..., 0].reshape(-1))
     for where in (folder, tmp_path):  # the batches folder itself or its parent
         x, y = read_cifar10(where, train=True)
-        np.testing.assert_array_equal(x, np.concatenate([b[0][0], b[1][0]]))
-        np.testing.assert_array_equal(y, np.concatenate([b[0][1], b[1][1]]))
-        assert y.dtype == np.int64 and x.shape == (50, 32, 32, 3)
+        np.testing.assert_array_equal(x, np.concatenate([p[0] for p in b[:5]]))
+        np.testing.assert_array_equal(y, np.concatenate([p[1] for p in b[:5]]))
+        assert y.dtype == np.int64 and x.shape == (60, 32, 32, 3)
         tx, ty = read_cifar10(where, train=False)
-        np.testing.assert_array_equal(tx, b[2][0])
-        np.testing.assert_array_equal(ty, b[2][1])
+        np.testing.assert_array_equal(tx, b[5][0])
+        np.testing.assert_array_equal(ty, b[5][1])
     with pytest.raises(FileExistsError):
-        write_cifar10_batch(folder / "test_batch", b[2][0], b[2][1])
+        write_cifar10_batch(folder / "test_batch", b[5][0], b[5][1])
     dm = ImageDataModule("cifar10", tmp_path, batch_size=8, val_split=0.2, augment=True)
     assert (dm.in_channels, dm.image_size, dm.num_classes) == (3, 32, 10)
     dm.setup("fit")
-    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (40, 10, 15)
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (48, 12, 15)
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     tx, ty = next(iter(dm.test_dataloader()))
     mean = torch.tensor(dm.mean).view(3, 1, 1)
     std = torch.tensor(dm.std).view(3, 1, 1)
-    expect = (torch.from_numpy(b[2][0][:8]).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    expect = (torch.from_numpy(b[5][0][:8]).permute(0, 3, 1, 2).float() / 255 - mean) / std
     torch.testing.assert_close(tx, expect)
     assert float(tx.min()) >= dm.clip_values[0] - 1e-6 and float(tx.max()) <= dm.clip_values[1] + 1e-6
+
+
+def test_cifar10_refuses_a_half_extracted_folder(tmp_path):
+    folder, _ = _cifar_folder(tmp_path)
+    (folder / "data_batch_3").unlink()
+    (folder / "data_batch_5").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_3, data_batch_5 not found"):
+        read_cifar10(folder, train=True)
 
 
 def test_cifar10_rejects_foreign_pickles(tmp_path):

@@ -85,15 +85,16 @@ def read_cifar10(folder: str | os.PathLike, train: bool) -> tuple[np.ndarray, np
     """All training batches (``data_batch_1..5``, in order) or the ``test_batch`` of a folder.
 
     ``folder`` may be ``cifar-10-batches-py`` itself or its parent. Returns ``(N, 32, 32, 3)``
-    uint8 images and int64 labels. Missing training batches after the first are skipped, so a
-    small folder with ``data_batch_1..k`` works; a missing first batch raises ``FileNotFoundError``.
+    uint8 images and int64 labels. Every file is required: a missing one (say, a half-extracted
+    archive) raises ``FileNotFoundError`` naming each missing file, rather than training on less data.
     """
     root = cifar10_folder(folder)
     names = CIFAR10_TRAIN_FILES if train else CIFAR10_TEST_FILES
-    if not (root / names[0]).is_file():
-        raise FileNotFoundError(f"CIFAR-10 file {names[0]} not found; looked in {root}"
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"CIFAR-10 file(s) {', '.join(missing)} not found; looked in {root}"
                                 + (f" and {Path(folder)}" if root != Path(folder) else ""))
-    parts = [read_cifar10_batch(root / n) for n in names if (root / n).is_file()]
+    parts = [read_cifar10_batch(root / n) for n in names]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
