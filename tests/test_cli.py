@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from deeparc_pl.cli.main import main
 from deeparc_pl.cli.modularize import parse_sweep
@@ -32,6 +33,7 @@ def test_train_then_modularize_from_checkpoint(tmp_path, capsys):
                  "thresholds=0.90:0.99:0.03", *TINY]) == 0
     arch = json.loads((out / "architecture.json").read_text())
     assert len(arch["layer_names"]) == 3 and arch["threshold"] == 0.95
+    assert arch["meta"]["model"] == "resnet8"  # read from the checkpoint, not left empty
     sweep = json.loads((out / "sweep.json").read_text())
     assert [r["threshold"] for r in sweep] == [0.9, 0.93, 0.96, 0.99]
     for png in ("similarity.png", "modules.png", "modularity.png"):
@@ -144,3 +146,29 @@ def test_every_command_that_computes_an_architecture_takes_cka_channels_last(com
     from deeparc_pl.cli.config import build_config
 
     assert build_config(command, None, ["cka.channels_last=false"]).cka.channels_last is False
+
+
+class TinyUserNet(torch.nn.Module):
+    """A user class outside the zoo, for the built-in digits (1 x 16 x 16)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = torch.nn.Linear(256, 16), torch.nn.Linear(16, 16), torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x.flatten(1))))))
+
+
+def test_a_user_class_keeps_its_layers_in_the_checkpoint(tmp_path, capsys):
+    name = f"{TinyUserNet.__module__}:TinyUserNet"
+    assert main(["train", f"model.name={name}", "model.layers=[fc1,fc2,fc3]", f"out={tmp_path}",
+                 "trainer.max_epochs=1", "data.fraction=0.25", "trainer.enable_progress_bar=false"]) == 0
+    ckpt = tmp_path / "model.ckpt"
+    # no model.layers this time: the ones chosen at training come with the checkpoint
+    assert main(["modularize", f"model.weights={ckpt}", f"model.name={name}", f"out={tmp_path / 'm'}",
+                 "cka.samples=120", "cka.batch_size=40", "threshold=0.5"]) == 0
+    arch = json.loads((tmp_path / "m" / "architecture.json").read_text())
+    assert arch["layer_names"] == ["fc1", "fc2", "fc3"] and arch["meta"]["model"] == name
+    # without naming the class, the checkpoint alone does not get it imported
+    assert main(["modularize", f"model.weights={ckpt}", f"out={tmp_path / 'n'}"]) == 1
+    assert f"pass model.name={name}" in capsys.readouterr().err

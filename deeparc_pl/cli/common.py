@@ -59,6 +59,8 @@ def make_model(cfg: DictConfig, dm: Any) -> tuple[nn.Module, dict]:
     if cfg.model.weights and not cfg.model.name:
         spec = {k: v for k, v in spec.items() if k != "name"}
     model, ckpt = load_model(cfg.model.weights, spec)
+    if not cfg.model.layers and ckpt.get("layers"):  # the layers chosen when the checkpoint was trained
+        cfg.model.layers = list(ckpt["layers"])
     if cfg.model.layers:
         from ..taps import resolve_layer_names
 

@@ -13,6 +13,7 @@ from ..architecture.callback import CKACallback
 from ..architecture.plots import plot_modularity_sweep, plot_module_sizes, plot_similarity
 from ..data.samplers import ShuffledPasses
 from ..fileio import refuse_existing, write_json
+from ..models.checkpoint import model_spec
 from ..similarity.layout import prefer_channels_last
 from ..training import Classifier
 from .common import console, make_datamodule, make_model, make_trainer, out_dir, plain, print_table
@@ -149,7 +150,7 @@ def run(cfg: DictConfig, overwrite: bool = False) -> Path:
     runner = prefer_channels_last(model, probe, plain(cfg.cka.get("channels_last")), trainer.strategy.root_device)
     trainer.predict(Classifier(runner, num_classes=dm.num_classes), dataloaders=loader, return_predictions=False)
     arch = callback.architecture
-    arch.meta.update({"model": str(cfg.model.name or ""), "weights": str(cfg.model.weights or ""),
+    arch.meta.update({"model": str(cfg.model.name or model_spec(model)["name"]), "weights": str(cfg.model.weights or ""),
                       "data": str(cfg.data.name), "split": str(cfg.cka.split), "batch_size": int(cfg.cka.batch_size),
                       "passes": int(cfg.cka.passes), "seed": int(cfg.seed), "channels_last": runner is not model})
     if trainer.global_rank != 0:

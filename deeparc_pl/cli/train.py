@@ -10,7 +10,7 @@ from torch import nn
 
 from ..fileio import refuse_existing
 from ..training import Classifier
-from .common import console, make_datamodule, make_model, make_trainer
+from .common import console, make_datamodule, make_model, make_trainer, plain
 
 __all__ = ["run", "train_model", "KEYS", "HELP"]
 
@@ -54,6 +54,7 @@ def run(cfg: DictConfig, overwrite: bool = False) -> Path:
     refuse_existing([path], overwrite, "pass --overwrite to replace it, or checkpoint=<another path>")
     model, _ = make_model(cfg, dm)
     metrics = train_model(cfg, dm, model)
-    save_checkpoint(path, model, info={"data": str(cfg.data.name), "classes": dm.num_classes, **metrics}, overwrite=overwrite)
+    save_checkpoint(path, model, info={"data": str(cfg.data.name), "classes": dm.num_classes, **metrics}, overwrite=overwrite,
+                    layers=plain(cfg.model.layers))
     console.print(f"[bold]test accuracy[/bold] {metrics.get('test_acc', float('nan')):.4f}  ->  checkpoint {path}")
     return path

@@ -73,13 +73,17 @@ def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
 
 
 def save_checkpoint(
-    path: str | Path, model: nn.Module, info: Mapping[str, Any] | None = None, overwrite: bool = False
+    path: str | Path, model: nn.Module, info: Mapping[str, Any] | None = None, overwrite: bool = False,
+    layers: list[str] | None = None,
 ) -> Path:
-    """Write ``model`` atomically; never over an existing file unless ``overwrite``."""
+    """Write ``model`` atomically; never over an existing file unless ``overwrite``.
+
+    ``layers`` (default: the model's ``layer_names``) are the layers to tap, kept for later commands
+    so a user model's ``model.layers`` need not be given again."""
     payload = {
         "format": FORMAT,
         "model": model_spec(model),
-        "layers": list(getattr(model, "layer_names", []) or []),
+        "layers": list(layers or getattr(model, "layer_names", []) or []),
         "edits": get_edits(model),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "info": dict(info or {}),

@@ -10,7 +10,7 @@ Two families, each with a differentiable float32 torch version for the training 
   reference and covariance-regularised by Ledoit-Wolf shrinkage so the density is well-posed with
   few samples. The deviation is the mean *negative log-likelihood* of the target samples under their
   class's Gaussian. The paper writes the density ``P(x)`` itself as ``Dev(x)``, which is *largest*
-  for typical samples and so ranks backwards; the NLL is the corrected reading (see NOTES.md).
+  for typical samples and so ranks backwards; the NLL is the corrected reading (see the paper's NOTES.md in ../shared/paper/).
 """
 from __future__ import annotations
 

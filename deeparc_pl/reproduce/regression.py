@@ -30,7 +30,7 @@ __all__ = [
 VARIABLES = ("MS", "DS", "TS")
 #: The paper's Eq. 6.
 PAPER_EQ6: dict[str, float] = {"MS": 0.78, "DS": -0.10, "TS": -0.16, "intercept": 0.31}
-#: The fit of the authors' released RQ1 results (NOTES.md), variables scaled to 0.2-1.0.
+#: The fit of the authors' released RQ1 results (the paper's NOTES.md in ../shared/paper/), variables scaled to 0.2-1.0.
 RELEASED_CODE_FIT: dict[str, float] = {"MS": 0.69, "DS": -0.05, "TS": -0.15, "intercept": 0.04}
 
 
