@@ -24,10 +24,12 @@ _EXPORTS = {
     "compress": "deeparc_pl.restructure.compress",
     "sparsity": "deeparc_pl.pruners.masks",
     "mutate": "deeparc_pl.readapt.mutants",
+    "MutationTargetError": "deeparc_pl.readapt.mutants",
     "locate": "deeparc_pl.readapt.locate",
     "ModularEnhance": "deeparc_pl.readapt.tasks",
     "ModularRepair": "deeparc_pl.readapt.tasks",
     "FullFinetune": "deeparc_pl.readapt.tasks",
+    "ReadaptTask": "deeparc_pl.readapt.tasks",
     "Classifier": "deeparc_pl.training",
 }
 

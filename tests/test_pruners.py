@@ -183,6 +183,17 @@ def test_register_pruner_in_process_and_refuses_duplicates():
     assert "toy_global" not in pruners.available()
 
 
+def test_a_subclass_registered_under_its_own_name_is_labelled_by_it():
+    base = type(pruners.get("global"))
+    mine = pruners.register_pruner("my_global")(type("MyGlobal", (base,), {}))
+    try:
+        assert pruners.get("my_global").name == "my_global"  # not the inherited "global"
+        assert base.name == "global" and pruners.get("global").name == "global"
+    finally:
+        pruners.unregister_pruner("my_global")
+    assert mine.name == "global"  # the class itself is left alone
+
+
 # --------------------------------------------------------------------------- masks
 
 

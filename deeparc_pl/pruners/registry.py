@@ -58,7 +58,7 @@ def available() -> list[str]:
 
 
 def get(name: str) -> Pruner:
-    """Instantiate the pruner registered as ``name`` with no arguments."""
+    """Instantiate the pruner registered as ``name`` with no arguments; its ``name`` is that name."""
     if not isinstance(name, str):
         raise TypeError(f"pruner name must be a str, got {type(name).__name__}")
     eps = _entry_points()
@@ -75,6 +75,11 @@ def get(name: str) -> Pruner:
         raise TypeError(
             f"pruner {name!r} ({cls!r}) does not follow the Pruner protocol (needs `name` and `prune(model, sparsity)`)"
         )
+    if getattr(pruner, "name", None) != name:  # e.g. a subclass of a built-in registered under its own name
+        try:
+            pruner.name = name  # reports label the rows with the name the user asked for
+        except AttributeError:
+            pass
     return pruner
 
 

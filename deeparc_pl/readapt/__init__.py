@@ -21,6 +21,9 @@ _EXPORTS = {
     "ModularEnhance": "deeparc_pl.readapt.tasks",
     "ModularRepair": "deeparc_pl.readapt.tasks",
     "FullFinetune": "deeparc_pl.readapt.tasks",
+    "ReadaptTask": "deeparc_pl.readapt.tasks",
+    "DEVIATIONS": "deeparc_pl.readapt.tasks",
+    "check_samples": "deeparc_pl.readapt.evaluate",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

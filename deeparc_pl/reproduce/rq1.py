@@ -162,7 +162,8 @@ def summarize_rq1(cfg: DictConfig, records: list[tuple[dict[str, Any], dict[str,
             f"Measured: **{fit.equation()}** (R² = {fit.r2:.3f}, n = {fit.n}).  \n"
             "Paper: Y = 0.78 MS - 0.10 DS - 0.16 TS + 0.31.  \n"
             "Authors' released results (NOTES): Y = 0.69 MS - 0.05 DS - 0.15 TS + 0.04.  \n"
-            "Encoding: each variable's L levels map to 0.2..1.0 as (i+1)/L (MS: model list order "
+            "Encoding: the i-th of a variable's L levels (i = 0 .. L-1) maps to (i+1)/L, from 1/L to 1 "
+            "(MS: model list order "
             f"{models}; DS: fractions {fractions}; TS: first k classes {classes}). The encodings of the paper "
             "are unknown, so compare signs and ranking, not values."
         )
