@@ -52,6 +52,8 @@ def default_layer_names(model: nn.Module) -> list[str]:
 
 def resolve_layer_names(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
     """Check that every name is a submodule; raise ``LayerNameError`` naming the nearest real ones."""
+    if isinstance(layers, (str, bytes)):
+        raise TypeError(f"layers must be a list of module names, got the string {layers!r} (did you mean [{layers!r}]?)")
     names = default_layer_names(model) if layers is None else [str(n) for n in layers]
     if not names:
         raise ValueError("no layers to tap: the list of layer names is empty")
@@ -188,6 +190,11 @@ class LayerTaps:
                 "`with LayerTaps(...)` block, and check that these modules are used by forward())"
             )
         return [self._store[n] for n in self.names]
+
+    @property
+    def call_order(self) -> list[str]:
+        """The tapped layers in the order they returned in the last forward pass."""
+        return list(self._store)
 
     def clear(self) -> None:
         self._store.clear()

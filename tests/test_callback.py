@@ -74,3 +74,21 @@ def test_callback_equals_modularize_and_tracks_history():
 def test_callback_rejects_bad_threshold():
     with pytest.raises(ValueError, match="threshold"):
         CKACallback(threshold=0.0)
+    with pytest.raises(ValueError, match="unknown partition method 'bogus'"):
+        CKACallback(method="bogus")  # at construction, not after the forward passes
+    with pytest.raises(ValueError, match="unknown CKA estimator"):
+        CKACallback(estimator="rbf")
+    with pytest.raises(ValueError, match=r"stages must be some of \['validate', 'predict'\], got \['bogus'\]"):
+        CKACallback(stages=("bogus",))
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        CKACallback(every_n_epochs=0)
+    with pytest.raises(TypeError, match="got the string"):
+        CKACallback(layers="layer1")
+    assert CKACallback(stages="validate").stages == ("validate",)  # one stage by name, not its letters
+
+
+def test_callback_names_a_missing_model_attr():
+    from deeparc_pl.architecture.callback import _unwrap
+
+    with pytest.raises(AttributeError, match="no nn.Module attribute 'net'"):
+        _unwrap(pl.LightningModule(), "net")

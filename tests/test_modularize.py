@@ -58,6 +58,10 @@ def test_bad_inputs():
         modularize(seq, loader, threshold=1.5)
     with pytest.raises(KeyError, match="unknown layer"):
         modularize(seq, loader, layers=["0", "7"])
+    with pytest.raises(ValueError, match=r"order the model runs them.*ran \['0', '2'\]"):
+        modularize(seq, loader, layers=["2", "0"])
+    with pytest.raises(TypeError, match=r"got the string '0'"):
+        modularize(seq, loader, layers="0")
 
 
 def test_mismatched_batch_sizes_are_named():

@@ -16,11 +16,12 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import DistributedSampler
 
+from ..similarity.functional import check_estimator
 from ..similarity.stream import ActivationStream
-from .partition import validate_threshold
+from .partition import METHODS, validate_threshold
 from .semantic import SemanticArchitecture
 
-__all__ = ["CKACallback", "padding_mask"]
+__all__ = ["CKACallback", "padding_mask", "STAGES"]
 
 
 def padding_mask(sampler: Any, seen: int, batch: int, device: torch.device | None = None) -> torch.Tensor | None:
@@ -39,9 +40,18 @@ def padding_mask(sampler: Any, seen: int, batch: int, device: torch.device | Non
     return None if bool(keep.all()) else keep
 
 
+#: The loops the callback can listen to.
+STAGES = ("validate", "predict")
+
+
 def _unwrap(pl_module: pl.LightningModule, attr: str | None) -> nn.Module:
     if attr:
-        return getattr(pl_module, attr)
+        inner = getattr(pl_module, attr, None)
+        if not isinstance(inner, nn.Module):
+            raise AttributeError(
+                f"CKACallback(model_attr={attr!r}): {type(pl_module).__name__} has no nn.Module attribute {attr!r}"
+            )
+        return inner
     inner = getattr(pl_module, "model", None)
     return inner if isinstance(inner, nn.Module) else pl_module
 
@@ -71,11 +81,21 @@ class CKACallback(pl.Callback):
         model_attr: str | None = None,
         log_heatmap: bool = True,
     ) -> None:
+        if isinstance(layers, (str, bytes)):
+            raise TypeError(f"layers must be a list of module names, got the string {layers!r} (did you mean [{layers!r}]?)")
         self.layers = list(layers) if layers is not None else None
         self.threshold = validate_threshold(threshold)
+        if method not in METHODS:
+            raise ValueError(f"unknown partition method {method!r}; choose one of {sorted(METHODS)}")
         self.method = method
-        self.estimator = estimator
-        self.stages = tuple(stages)
+        self.estimator = check_estimator(estimator)
+        stages = (stages,) if isinstance(stages, str) else tuple(stages)
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown or not stages:
+            raise ValueError(f"stages must be some of {list(STAGES)}, got {list(stages)}")
+        self.stages = stages
+        if int(every_n_epochs) < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs = int(every_n_epochs)
         self.model_attr = model_attr
         self.log_heatmap = log_heatmap

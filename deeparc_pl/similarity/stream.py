@@ -68,6 +68,11 @@ class ActivationStream:
 
     def update(self, keep: torch.Tensor | None = None) -> None:
         feats = self.taps.outputs
+        if self.batches == 0 and self.taps.call_order != self.names:
+            raise ValueError(
+                f"list the layers in the order the model runs them (modules are runs of consecutive layers): "
+                f"given {self.names}, the forward pass ran {self.taps.call_order}"
+            )
         for name, f in zip(self.names, feats):
             if not isinstance(f, torch.Tensor):
                 raise TypeError(f"layer {name!r} returned {type(f).__name__}, not a tensor; tap a module that returns one")
