@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -55,5 +56,16 @@ def write_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> P
     return atomic_write(path, w, overwrite)
 
 
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any, overwrite: bool = False) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", overwrite)
+    """Standard JSON: NaN and infinities (not JSON) are written as ``null``."""
+    return write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False) + "\n", overwrite)

@@ -127,3 +127,11 @@ def test_written_files_get_normal_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_json_never_holds_nan(tmp_path):
+    arch = _arch()
+    arch.meta["test_acc"] = float("nan")
+    arch.save(tmp_path / "a.json")
+    text = (tmp_path / "a.json").read_text()
+    assert "NaN" not in text and json.loads(text)["meta"]["test_acc"] is None

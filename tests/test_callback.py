@@ -71,6 +71,15 @@ def test_callback_equals_modularize_and_tracks_history():
     assert cb.state_dict()["history"] == cb.history
 
 
+def test_callback_says_when_no_batch_was_large_enough():
+    model = build("resnet8", 3, in_channels=1, image_size=8)
+    loader = DataLoader(TensorDataset(torch.randn(9, 1, 8, 8), torch.zeros(9, dtype=torch.long)), batch_size=3)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[CKACallback()])
+    with pytest.raises(ValueError, match="no validate batch was large enough.*9 samples skipped.*at least 4"):
+        trainer.validate(Classifier(model, num_classes=3), dataloaders=loader, verbose=False)
+
+
 def test_callback_rejects_bad_threshold():
     with pytest.raises(ValueError, match="threshold"):
         CKACallback(threshold=0.0)

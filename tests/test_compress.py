@@ -1,6 +1,7 @@
 """Iterative compression with and without DeepArc on a tiny real problem (Fashion-MNIST subset)."""
 from __future__ import annotations
 
+import copy
 import gzip
 import importlib
 import json
@@ -162,5 +163,12 @@ def test_bad_settings_are_named(model, data):
         compress(model, "global", data, step=1.5)
     with pytest.raises(ValueError, match="target_sparsity"):
         compress(model, "global", data, target_sparsity=1.0)
+    with pytest.raises(ValueError, match="tolerance must be a finite number"):
+        compress(model, "global", data, tolerance=float("nan"))
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        next(broken.parameters())[0].fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN/inf weights"):
+        compress(broken, "global", data)
     with pytest.raises(ValueError, match="needs an architecture"):
         compare_compression(model, "global", data, None, deeparc="with")

@@ -101,6 +101,15 @@ def test_a_checkpoint_alone_never_decides_what_gets_imported_or_called(tmp_path)
         load_model(tmp_path / "crafted.ckpt", {"name": "sys:exit"})
 
 
+def test_a_checkpoint_whose_edits_cannot_be_replayed_is_corrupt(tmp_path):
+    path = save_checkpoint(tmp_path / "m.ckpt", build("mlp", 3, in_channels=1, image_size=4))
+    data = torch.load(path, weights_only=True)
+    data["edits"] = [{"kind": "identity"}]  # no "layer"
+    torch.save(data, tmp_path / "bad_edit.ckpt")
+    with pytest.raises(ValueError, match="structural edit #0 .* cannot be replayed"):
+        load_model(tmp_path / "bad_edit.ckpt")
+
+
 @pytest.mark.parametrize("part", ["state_dict", "model", "edits"])
 def test_a_deeparc_checkpoint_missing_a_part_is_corrupt_not_a_fresh_model(tmp_path, part):
     path = save_checkpoint(tmp_path / "m.ckpt", build("mlp", 3, in_channels=1, image_size=4))

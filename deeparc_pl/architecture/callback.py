@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from ..similarity.functional import check_estimator
-from ..similarity.stream import ActivationStream
+from ..similarity.stream import MIN_BATCH, ActivationStream
 from .partition import METHODS, validate_threshold
 from .semantic import SemanticArchitecture
 
@@ -138,6 +138,12 @@ class CKACallback(pl.Callback):
         if stream is None:
             return
         stream.__exit__(None, None, None)
+        if stream.batches == 0:
+            raise ValueError(
+                f"CKACallback: no {stage} batch was large enough for the {self.estimator!r} estimator "
+                f"({stream.skipped_samples} samples skipped; it needs at least {MIN_BATCH[self.estimator]} per batch)"
+                if stream.skipped_samples else f"CKACallback: the {stage} loop fed no batch (is the data empty?)"
+            )
         sim = stream.compute().detach().cpu().numpy()
         self.similarity = sim
         self.architecture = SemanticArchitecture.from_similarity(

@@ -48,6 +48,7 @@ def similarity_matrix(
         raise ValueError(f"passes must be >= 1, got {passes}")
     stream = ActivationStream(model, layers, estimator)  # validates the layer names; no hooks yet
     runner = model
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)  # e.g. a float64 model
     try:
         total = len(dataloader) * passes if hasattr(dataloader, "__len__") else None  # type: ignore[arg-type]
     except TypeError:
@@ -59,7 +60,7 @@ def similarity_matrix(
             for _ in range(passes):
                 for batch in dataloader:
                     x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                    x = x.to(device)
+                    x = x.to(device, dtype=dtype if x.is_floating_point() and dtype is not None else None)
                     if not hooked:  # first batch: pick the module to run, then hook it
                         runner = prefer_channels_last(model, x, channels_last, device)
                         if runner is not model:

@@ -177,7 +177,12 @@ def load_model(weights: str | Path | None = None, spec: Mapping[str, Any] | None
             raise ValueError(f"{weights} was saved with model.{k}={merged[k]!r}, but the configuration asks for {v!r}")
         merged[k] = v
     model = build_from_spec(merged)
-    apply_edits(model, list(ckpt.get("edits") or []))
+    for i, edit in enumerate(list(ckpt.get("edits") or [])):
+        try:
+            apply_edits(model, [edit])
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"{weights} is corrupt: its structural edit #{i} ({str(edit)[:80]}) cannot be replayed: "
+                             f"{type(exc).__name__}: {exc}") from None
     if ckpt.get("state_dict") is not None:
         load_weights(model, ckpt["state_dict"], str(weights))
     return model, ckpt

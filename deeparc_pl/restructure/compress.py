@@ -220,10 +220,10 @@ def _get_pruner(pruner: Any) -> Any:
 
 
 def _validate(tolerance: float, target_sparsity: float | None, step: float, max_rounds: int) -> None:
-    if not 0 < step < 1:
+    if not 0 < step < 1:  # also refuses NaN
         raise ValueError(f"step must lie in (0, 1) (share of remaining weights pruned per round), got {step}")
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0 (accuracy, e.g. 0.01 = 1 point), got {tolerance}")
+    if not 0 <= tolerance < float("inf"):
+        raise ValueError(f"tolerance must be a finite number >= 0 (accuracy, e.g. 0.01 = 1 point), got {tolerance}")
     if target_sparsity is not None and not 0 < target_sparsity < 1:
         raise ValueError(f"target_sparsity must lie in (0, 1), got {target_sparsity}")
     if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 0:
@@ -278,6 +278,9 @@ def compress(
     say = log or (lambda _line: None)
     t0 = time.perf_counter()
     example = example_batch(datamodule, latency_batch_size)
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise ValueError(f"the model has NaN/inf weights in {bad[:5]}: pruning scores would be meaningless")
     original = copy_model(model).cpu()
     original_prunable, _ = count_prunable(original)
     original_params, _ = count_parameters(original)

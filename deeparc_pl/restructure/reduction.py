@@ -10,7 +10,7 @@ so a saved checkpoint rebuilds the reduced model without code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, Sized
 
 import torch
 from torch import nn
@@ -96,9 +96,12 @@ def example_input(model: nn.Module, data: Any = None, example: torch.Tensor | No
             raise TypeError(f"example must be a tensor, got {type(example).__name__}")
         return example
     if data is not None:
+        if isinstance(data, Sized) and len(data) == 0:
+            raise ValueError("the data for reduce_layers is empty")
         for batch in as_loader(data, batch_size=2):
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             return x[:2]
+        raise ValueError("the data for reduce_layers is empty: it yielded no batch")
     if getattr(model, "in_channels", None) and getattr(model, "image_size", None):
         return torch.zeros(2, int(model.in_channels), int(model.image_size), int(model.image_size))
     raise ValueError(
