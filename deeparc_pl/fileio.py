@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-__all__ = ["atomic_write", "write_json", "write_text", "check_writable", "refuse_existing"]
+__all__ = ["atomic_write", "write_json", "write_text", "check_writable", "refuse_existing", "json_safe"]
 
 
 def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -56,16 +56,17 @@ def write_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> P
     return atomic_write(path, w, overwrite)
 
 
-def _finite(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """NaN and infinities become None (JSON has no such numbers); tuples become lists."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
 def write_json(path: str | os.PathLike, obj: Any, overwrite: bool = False) -> Path:
     """Standard JSON: NaN and infinities (not JSON) are written as ``null``."""
-    return write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False) + "\n", overwrite)
+    return write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n", overwrite)

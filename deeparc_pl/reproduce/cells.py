@@ -11,13 +11,12 @@ the same skip decisions even while rank 0 is writing new files; only ``write=Tru
 from __future__ import annotations
 
 import hashlib
-import math
 import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from ..fileio import write_json
+from ..fileio import json_safe, write_json
 
 __all__ = ["cell_key", "CellStore", "run_cells", "FORMAT"]
 
@@ -29,17 +28,6 @@ def _canonical(config: Mapping[str, Any]) -> str:
         return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"a cell configuration must be plain JSON (dicts, lists, str, finite numbers): {exc}") from None
-
-
-def _finite(obj: Any) -> Any:
-    """NaN and infinities become None (JSON has no such numbers); tuples become lists."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def cell_key(config: Mapping[str, Any]) -> str:
@@ -95,7 +83,7 @@ class CellStore:
             except (KeyError, ValueError):
                 pass  # vanished or unreadable: compute it again
         start = time.perf_counter()
-        result = _finite(dict(fn()))
+        result = json_safe(dict(fn()))
         seconds = time.perf_counter() - start
         record = {"format": FORMAT, "key": key, "config": dict(config), "result": result, "seconds": round(seconds, 3)}
         try:  # fail loudly on non-JSON results before anything is written
