@@ -9,6 +9,8 @@ import torchmetrics
 from torch import nn
 from torch.nn import functional as F
 
+from .distributed import loader_sampler, padding_mask
+
 __all__ = ["Classifier"]
 
 
@@ -16,7 +18,9 @@ class Classifier(pl.LightningModule):
     """Wrap any ``nn.Module`` that maps images to logits.
 
     SGD with momentum and cosine decay over ``trainer.max_epochs`` (the authors' recipe), or Adam.
-    Accuracy is a torchmetrics metric, so it is reduced correctly under DDP.
+    Accuracy is a torchmetrics metric, so it is reduced correctly under DDP, and validation and test
+    accuracy skip the repeated samples a ``DistributedSampler`` pads the last batches with, so they
+    equal one process's.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class Classifier(pl.LightningModule):
         self.train_acc = metric(num_classes, average="micro")
         self.val_acc = metric(num_classes, average="micro")
         self.test_acc = metric(num_classes, average="micro")
+        self._seen: dict[int, int] = {}  # per dataloader: samples this process drew in this loop
 
     def on_train_epoch_start(self) -> None:
         # Lightning keeps sub-module modes as it finds them; a loaded model may sit in eval mode.
@@ -50,11 +55,31 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def _step(self, batch: Any, stage: str, metric: torchmetrics.Metric) -> torch.Tensor:
+    def on_validation_epoch_start(self) -> None:
+        self._seen = {}
+
+    def on_test_epoch_start(self) -> None:
+        self._seen = {}
+
+    def _real(self, stage: str, dataloader_idx: int, n: int, device: torch.device) -> torch.Tensor | None:
+        """Mask of this batch's real samples (None: all real) under a padded ``DistributedSampler``."""
+        if stage == "train" or self._trainer is None:
+            return None
+        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+        loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
+        seen = self._seen.get(dataloader_idx, 0)
+        self._seen[dataloader_idx] = seen + n
+        return padding_mask(loader_sampler(loader), seen, n, device=device)
+
+    def _step(self, batch: Any, stage: str, metric: torchmetrics.Metric, dataloader_idx: int = 0) -> torch.Tensor:
         x, y = batch[0], batch[1]
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        metric(logits, y)
+        keep = self._real(stage, dataloader_idx, int(y.shape[0]), y.device)
+        if keep is None:
+            metric.update(logits, y)
+        elif bool(keep.any()):
+            metric.update(logits[keep], y[keep])
         self.log(f"{stage}_loss", loss, prog_bar=stage != "train", sync_dist=stage != "train")
         self.log(f"{stage}_acc", metric, prog_bar=True, on_epoch=True, on_step=False)
         return loss
@@ -62,11 +87,11 @@ class Classifier(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train", self.train_acc)
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val", self.val_acc)
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._step(batch, "val", self.val_acc, dataloader_idx)
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "test", self.test_acc)
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._step(batch, "test", self.test_acc, dataloader_idx)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

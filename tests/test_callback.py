@@ -42,6 +42,22 @@ def test_predict_exact_ddp_equals_one_process(tmp_path):
     np.testing.assert_allclose(two, one, atol=1e-10)
 
 
+@pytest.mark.parametrize("case", ["two_loaders", "test_acc"])
+def test_padded_loaders_give_one_process_results_under_ddp(tmp_path, case):
+    """Several validation loaders (padding counted per loader) and the Classifier's test accuracy
+    (padding duplicates not counted): 2 processes equal one."""
+    one = _run(tmp_path, 1, case, "exact")
+    two = _run(tmp_path, 2, case, "exact")
+    np.testing.assert_allclose(two, one, atol=1e-10)
+
+
+def test_a_rank_with_only_a_too_small_batch_does_not_fail_the_run(tmp_path):
+    # 7 samples in batches of 4: rank 1 holds 3 real samples (and a padding repeat), too few for the
+    # unbiased estimator; the batches summed over both ranks still give a matrix, as one process does.
+    two = _run(tmp_path, 2, "small", "minibatch")
+    assert np.isfinite(two).all() and np.allclose(np.diag(two), 1.0)
+
+
 def test_padding_mask_marks_duplicates():
     from torch.utils.data import DistributedSampler
 
@@ -76,7 +92,7 @@ def test_callback_says_when_no_batch_was_large_enough():
     loader = DataLoader(TensorDataset(torch.randn(9, 1, 8, 8), torch.zeros(9, dtype=torch.long)), batch_size=3)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[CKACallback()])
-    with pytest.raises(ValueError, match="no validate batch was large enough.*9 samples skipped.*at least 4"):
+    with pytest.raises(ValueError, match="no validate batch was large enough.*skipped 9 samples.*at least 4"):
         trainer.validate(Classifier(model, num_classes=3), dataloaders=loader, verbose=False)
 
 

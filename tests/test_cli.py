@@ -172,3 +172,27 @@ def test_a_user_class_keeps_its_layers_in_the_checkpoint(tmp_path, capsys):
     # without naming the class, the checkpoint alone does not get it imported
     assert main(["modularize", f"model.weights={ckpt}", f"out={tmp_path / 'n'}"]) == 1
     assert f"pass model.name={name}" in capsys.readouterr().err
+
+
+def test_commands_under_ddp_write_once_from_rank_0(tmp_path):
+    """Lightning re-runs the command on rank 1: it trains with rank 0 but neither refuses rank 0's
+    files nor writes its own (before the fix, one rank crashed on the other's checkpoint)."""
+    import os
+    import subprocess
+    import sys
+
+    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.enable_progress_bar=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "deeparc_pl.cli.main", "modularize", "model.name=mlp", "default.epochs=1",
+           "data.test_size=45", "cka.samples=45", "cka.batch_size=15", "threshold=0.9", f"out={tmp_path}", *ddp]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote") == 2  # the demo checkpoint, then the architecture: once each
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix) == [
+        "architecture.json", "model.ckpt", "modules.png", "similarity.png"]
+
+
+def test_spawned_workers_are_refused_where_results_live_in_python_objects(tmp_path, capsys):
+    for command in ("modularize", "enhance", "repair"):
+        assert main([command, "trainer.strategy=ddp_spawn", f"out={tmp_path}"]) == 1
+        assert "use trainer.strategy=ddp" in capsys.readouterr().err

@@ -11,33 +11,16 @@ from typing import Any, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
-from torch.utils.data import DistributedSampler
 
+from ..distributed import SPAWNING_STRATEGIES, loader_sampler, padding_mask
 from ..similarity.functional import check_estimator
 from ..similarity.stream import MIN_BATCH, ActivationStream
 from .partition import METHODS, validate_threshold
 from .semantic import SemanticArchitecture
 
 __all__ = ["CKACallback", "padding_mask", "STAGES"]
-
-
-def padding_mask(sampler: Any, seen: int, batch: int, device: torch.device | None = None) -> torch.Tensor | None:
-    """Which of a batch's samples are real, not the duplicates a padded ``DistributedSampler`` adds.
-
-    ``DistributedSampler(drop_last=False)`` repeats the first indices so every rank gets the same
-    count; rank ``r``'s ``i``-th sample sits at position ``r + world * i`` of the padded order, and
-    positions ``>= len(dataset)`` are repeats. Returns None when nothing can be padding.
-    """
-    if not isinstance(sampler, DistributedSampler) or getattr(sampler, "drop_last", False):
-        return None
-    total = len(sampler.dataset)
-    world, rank = sampler.num_replicas, sampler.rank
-    positions = rank + world * torch.arange(seen, seen + batch, device=device)
-    keep = positions < total
-    return None if bool(keep.all()) else keep
 
 
 #: The loops the callback can listen to.
@@ -103,7 +86,7 @@ class CKACallback(pl.Callback):
         self.architecture = None
         self.history: list[dict[str, Any]] = []
         self._stream: ActivationStream | None = None
-        self._seen = 0
+        self._seen: dict[int, int] = {}  # per dataloader: samples this rank drew this epoch
 
     # -- state for resumption ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -121,16 +104,18 @@ class CKACallback(pl.Callback):
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stream = ActivationStream(_unwrap(pl_module, self.model_attr), self.layers, self.estimator)
         self._stream.to(pl_module.device).__enter__()
-        self._seen = 0
+        self._seen = {}
 
-    def _batch(self, trainer: pl.Trainer, batch: Any, dataloader: Any) -> None:
+    def _batch(self, trainer: pl.Trainer, batch: Any, dataloader: Any, dataloader_idx: int) -> None:
         if self._stream is None:
             return
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         n = int(x.shape[0])
-        sampler = getattr(getattr(dataloader, "batch_sampler", None), "sampler", None) or getattr(dataloader, "sampler", None)
-        keep = padding_mask(sampler, self._seen, n, device=x.device)
-        self._seen += n
+        seen = self._seen.get(dataloader_idx, 0)
+        keep = padding_mask(loader_sampler(dataloader), seen, n, device=x.device)
+        self._seen[dataloader_idx] = seen + n
+        if keep is not None and not bool(keep.any()):
+            return  # a batch of padding only: nothing to add, nothing skipped
         self._stream.update(keep)
 
     def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -138,13 +123,16 @@ class CKACallback(pl.Callback):
         if stream is None:
             return
         stream.__exit__(None, None, None)
-        if stream.batches == 0:
+        try:  # the metric's states are summed over every process first, so all ranks agree here
+            sim = stream.compute().detach().cpu().numpy()
+        except ValueError as exc:
+            if "empty data" not in str(exc):
+                raise
             raise ValueError(
                 f"CKACallback: no {stage} batch was large enough for the {self.estimator!r} estimator "
-                f"({stream.skipped_samples} samples skipped; it needs at least {MIN_BATCH[self.estimator]} per batch)"
-                if stream.skipped_samples else f"CKACallback: the {stage} loop fed no batch (is the data empty?)"
-            )
-        sim = stream.compute().detach().cpu().numpy()
+                f"(this process skipped {stream.skipped_samples} samples; it needs at least "
+                f"{MIN_BATCH[self.estimator]} per batch)"
+            ) from None
         self.similarity = sim
         self.architecture = SemanticArchitecture.from_similarity(
             stream.names, sim, self.threshold, self.method, self.estimator,
@@ -177,12 +165,20 @@ class CKACallback(pl.Callback):
         return loaders
 
     # -- Lightning hooks -----------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        method = str(getattr(trainer.strategy, "_start_method", "") or "")
+        if any(word in method for word in SPAWNING_STRATEGIES):
+            raise RuntimeError(
+                f"CKACallback cannot return its result from a {type(trainer.strategy).__name__} run with start "
+                f"method {method!r}: the loops run in worker processes and the architecture would stay there. "
+                "Use strategy='ddp' (one process per device, launched like the calling script)."
+            )
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._active(trainer, "validate"):
             self._start(trainer, pl_module)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._batch(trainer, batch, self._loader(trainer, "validate", dataloader_idx))
+        self._batch(trainer, batch, self._loader(trainer, "validate", dataloader_idx), dataloader_idx)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end(trainer, pl_module, "validate")
@@ -192,7 +188,7 @@ class CKACallback(pl.Callback):
             self._start(trainer, pl_module)
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._batch(trainer, batch, self._loader(trainer, "predict", dataloader_idx))
+        self._batch(trainer, batch, self._loader(trainer, "predict", dataloader_idx), dataloader_idx)
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end(trainer, pl_module, "predict")

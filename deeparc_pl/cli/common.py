@@ -14,9 +14,13 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-console = Console()
+from ..distributed import SPAWNING_STRATEGIES, is_primary
 
-__all__ = ["console", "make_datamodule", "make_model", "make_trainer", "print_table", "out_dir", "plain"]
+#: Quiet on DDP ranks >= 1: Lightning re-runs the whole command there, and rank 0 speaks for all.
+console = Console(quiet=not is_primary())
+
+__all__ = ["console", "make_datamodule", "make_model", "make_trainer", "print_table", "out_dir", "plain", "is_primary",
+           "refuse_spawning"]
 
 
 def plain(node: Any) -> Any:
@@ -66,6 +70,14 @@ def make_model(cfg: DictConfig, dm: Any) -> tuple[nn.Module, dict]:
 
         resolve_layer_names(model, list(plain(cfg.model.layers)))
     return model, ckpt
+
+
+def refuse_spawning(cfg: DictConfig, command: str, why: str) -> None:
+    """Commands whose results live in Python objects cannot use spawned workers (ddp_spawn)."""
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if any(word in strategy for word in SPAWNING_STRATEGIES):
+        raise ValueError(f"deeparc {command} cannot run with trainer.strategy={strategy}: {why} would stay in the "
+                         "worker processes; use trainer.strategy=ddp (Lightning re-runs the command on each device)")
 
 
 def make_logger(cfg: DictConfig, command: str):

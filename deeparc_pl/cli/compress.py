@@ -15,7 +15,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from .common import console, make_datamodule, make_model, out_dir, plain, print_table
+from .common import console, is_primary, make_datamodule, make_model, out_dir, plain, print_table
 from .modularize import KEYS as MODULARIZE_KEYS
 from .modularize import obtain_model, refuse_outputs
 
@@ -82,7 +82,8 @@ def _architecture(cfg: DictConfig, model: Any, dm: Any, out: Path, overwrite: bo
                       method=str(cfg.method), estimator=str(cfg.cka.estimator),
                       channels_last=plain(cfg.cka.get("channels_last")))
     arch.meta.update({"weights": str(cfg.model.weights or ""), "data": str(cfg.data.name), "split": str(cfg.cka.split)})
-    arch.save(out / "architecture.json", overwrite=overwrite)
+    if is_primary():  # DDP ranks >= 1 compute the same architecture and write nothing
+        arch.save(out / "architecture.json", overwrite=overwrite)
     return arch
 
 
@@ -139,6 +140,8 @@ def run(cfg: DictConfig, overwrite: bool = False) -> Path:
         runs = compare_compression(model, name, dm, arch, deeparc=mode, log=console.print, **settings)
         for res, tag in zip(runs, tags):
             path = out / "compressed" / f"{name}{tag}.ckpt"
+            if not is_primary():
+                continue
             save_checkpoint(path, res.model, overwrite=overwrite, info={
                 "data": str(cfg.data.name), "pruner": name, "deeparc": res.deeparc, "rounds": res.rounds,
                 "test_acc": res.final_acc, "original_acc": original_acc, "sparsity": 1.0 - res.remaining})
@@ -148,6 +151,8 @@ def run(cfg: DictConfig, overwrite: bool = False) -> Path:
             "pruners": names, "deeparc": mode, **{k: v for k, v in settings.items() if k not in ("trainer_kwargs",)},
             "architecture": str(cfg.architecture or (out / "architecture.json" if arch is not None else "")),
             "modules": [list(m) for m in arch.modules] if arch is not None else None}
+    if not is_primary():
+        return out / "compress.json"
     rows = write_report(results, out / "compress.md", out / "compress.json", original_acc=original_acc,
                         original_cost=original_cost, meta=meta, overwrite=overwrite)
     short = ["method", "rounds", "remaining %", "test acc %", "delta acc", "params (nonzero)", "MMACs (nonzero)",

@@ -16,7 +16,8 @@ from ..fileio import refuse_existing, write_json
 from ..models.checkpoint import model_spec
 from ..similarity.layout import prefer_channels_last
 from ..training import Classifier
-from .common import console, make_datamodule, make_model, make_trainer, out_dir, plain, print_table
+from .common import (console, is_primary, make_datamodule, make_model, make_trainer, out_dir, plain, print_table,
+                     refuse_spawning)
 from .train import train_model
 
 __all__ = ["run", "parse_sweep", "cka_loader", "obtain_model", "refuse_outputs", "outputs", "KEYS", "HELP"]
@@ -65,6 +66,8 @@ def refuse_outputs(cfg: DictConfig, outputs: list[Path], overwrite: bool) -> Non
 
     An existing ``model.ckpt`` in ``out`` with no ``model.weights`` would otherwise end up beside
     results computed from a different, freshly trained model."""
+    if not is_primary():  # DDP ranks >= 1 start after rank 0 may have written: they only compute
+        return
     demo = demo_checkpoint(cfg)
     if demo is not None and demo.exists() and not overwrite:
         raise FileExistsError(
@@ -81,7 +84,8 @@ def obtain_model(cfg: DictConfig, dm: Any, overwrite: bool = False):
         model, _ = make_model(cfg, dm)
         return model
     path = demo_checkpoint(cfg)
-    refuse_existing([path], overwrite, "pass model.weights=<it> to use it, or --overwrite to replace it")
+    if is_primary():
+        refuse_existing([path], overwrite, "pass model.weights=<it> to use it, or --overwrite to replace it")
     if not cfg.model.name:
         cfg.model.name = DEFAULT_MODEL
     model, _ = make_model(cfg, dm)
@@ -91,9 +95,10 @@ def obtain_model(cfg: DictConfig, dm: Any, overwrite: bool = False):
     console.print(f"test accuracy of the trained model: {metrics.get('test_acc', float('nan')):.4f}")
     from ..models.checkpoint import save_checkpoint
 
-    out_dir(cfg, "modularize")
-    save_checkpoint(path, model, info={"data": str(cfg.data.name), **metrics}, overwrite=overwrite)
-    console.print(f"wrote {path}")
+    if is_primary():
+        out_dir(cfg, "modularize")
+        save_checkpoint(path, model, info={"data": str(cfg.data.name), **metrics}, overwrite=overwrite)
+        console.print(f"wrote {path}")
     return model
 
 
@@ -136,6 +141,7 @@ def outputs(cfg: DictConfig) -> list[Path]:
 
 def run(cfg: DictConfig, overwrite: bool = False) -> Path:
     check(cfg)
+    refuse_spawning(cfg, "modularize", "the architecture measured by the CKA callback")
     refuse_outputs(cfg, outputs(cfg), overwrite)
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = make_datamodule(cfg)

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, TensorDataset
 
-from .common import console, make_datamodule, make_trainer, out_dir, plain, print_table
+from .common import console, is_primary, make_datamodule, make_trainer, out_dir, plain, print_table, refuse_spawning
 from .modularize import KEYS as MODULARIZE_KEYS
 
 __all__ = ["run", "KEYS", "HELP", "COMMAND_AWARE"]
@@ -89,6 +89,7 @@ def run(cfg: DictConfig, overwrite: bool = False, command: str = "enhance") -> P
     if command not in ("enhance", "repair"):
         raise ValueError(f"command must be 'enhance' or 'repair', got {command!r}")
     folder = Path(str(cfg.out))
+    refuse_spawning(cfg, command, "the tasks' timings and cache state")
     refuse_outputs(cfg, [folder / f"readapt_{command}.md", folder / f"readapt_{command}.json"], overwrite)
     pl.seed_everything(int(cfg.seed), workers=True)
     dm = make_datamodule(cfg)
@@ -175,8 +176,10 @@ def run(cfg: DictConfig, overwrite: bool = False, command: str = "enhance") -> P
         for row in rows:  # held-out = clean test here; keep one pair of columns
             row.pop("heldout_before", None)
             row.pop("heldout_after", None)
+    if not is_primary():
+        return folder / f"readapt_{command}.md"
     out = out_dir(cfg, command)
     md, js = write_report(out, f"readapt_{command}", rows, meta, overwrite=overwrite)
-    print(f"\n{meta['title']}\n\n{markdown_table(rows)}")
+    console.print(f"\n{meta['title']}\n\n{markdown_table(rows)}", markup=False, highlight=False)
     console.print(f"wrote {md} and {js}")
     return md

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..fileio import refuse_existing
 from ..training import Classifier
-from .common import console, make_datamodule, make_model, make_trainer, plain
+from .common import console, is_primary, make_datamodule, make_model, make_trainer, plain
 
 __all__ = ["run", "train_model", "KEYS", "HELP"]
 
@@ -51,9 +51,12 @@ def run(cfg: DictConfig, overwrite: bool = False) -> Path:
     if not cfg.model.name and not cfg.model.weights:
         raise ValueError("deeparc train needs model.name (a zoo name, see `deeparc models`, or package.module:Class)")
     path = Path(str(cfg.get("checkpoint") or Path(str(cfg.out)) / "model.ckpt"))
-    refuse_existing([path], overwrite, "pass --overwrite to replace it, or checkpoint=<another path>")
+    if is_primary():  # DDP ranks >= 1 start after rank 0 may have written: they only compute
+        refuse_existing([path], overwrite, "pass --overwrite to replace it, or checkpoint=<another path>")
     model, _ = make_model(cfg, dm)
     metrics = train_model(cfg, dm, model)
+    if not is_primary():
+        return path
     save_checkpoint(path, model, info={"data": str(cfg.data.name), "classes": dm.num_classes, **metrics}, overwrite=overwrite,
                     layers=plain(cfg.model.layers))
     console.print(f"[bold]test accuracy[/bold] {metrics.get('test_acc', float('nan')):.4f}  ->  checkpoint {path}")

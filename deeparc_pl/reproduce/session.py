@@ -8,9 +8,9 @@ from typing import Any, Callable, Iterable, Sequence
 from omegaconf import DictConfig
 
 from ..cli.common import console, plain
+from ..distributed import process_rank
 from .cells import CellStore, run_cells
 from .report import RunLogger, check_outputs
-from .subjects import process_rank
 
 __all__ = ["ReproduceSession"]
 

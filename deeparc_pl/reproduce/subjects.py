@@ -7,7 +7,6 @@ runs on one process with ``deeparc_pl.modularize``.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import pytorch_lightning as pl
@@ -19,7 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from ..cli.common import plain
 
 __all__ = ["data_settings", "train_settings", "cka_settings", "make_data", "fit_subject", "measure_architecture",
-           "count_parameters", "split_of", "seed_list", "process_rank"]
+           "count_parameters", "split_of", "seed_list"]
 
 
 def data_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -144,8 +143,3 @@ def seed_list(cfg: DictConfig) -> list[int]:
         raise ValueError("seeds is empty")
     return seeds
 
-
-def process_rank() -> int:
-    """0 on the process that writes; under Lightning DDP the other ranks only compute."""
-    ranks = [int(os.environ.get(k, "0") or 0) for k in ("RANK", "LOCAL_RANK", "NODE_RANK")]
-    return max(ranks)
