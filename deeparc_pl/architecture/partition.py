@@ -16,11 +16,12 @@ Three rules (paper section II-A; see README "Partition methods"):
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["partition", "METHODS", "module_similarity", "eq4_objective", "validate_similarity", "validate_threshold"]
+__all__ = ["partition", "METHODS", "module_similarity", "eq4_objective", "validate_similarity", "validate_threshold",
+           "threshold_sweep"]
 
 
 def validate_threshold(threshold: float) -> float:
@@ -142,3 +143,19 @@ def partition(similarity, threshold: float = 0.99, method: str = "progressive") 
     if method not in METHODS:
         raise ValueError(f"unknown partition method {method!r}; choose one of {sorted(METHODS)}")
     return METHODS[method](sim, th)
+
+
+def threshold_sweep(spec: Any) -> list[float]:
+    """'0.90:0.99:0.01' -> [0.90, 0.91, ..., 0.99] (inclusive); a list is taken as is."""
+    if spec is None:
+        return []
+    if isinstance(spec, (list, tuple)) or hasattr(spec, "__iter__") and not isinstance(spec, str):
+        return [float(v) for v in spec]
+    parts = str(spec).split(":")
+    if len(parts) != 3:
+        raise ValueError(f"thresholds must be 'start:stop:step', got {spec!r}")
+    start, stop, step = (float(p) for p in parts)
+    if step <= 0 or stop < start:
+        raise ValueError(f"thresholds {spec!r}: need start <= stop and step > 0")
+    count = int(round((stop - start) / step)) + 1
+    return [round(start + i * step, 10) for i in range(count)]

@@ -6,28 +6,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
-from rich.table import Table
+from omegaconf import DictConfig
 from torch import nn
 
 from ..distributed import SPAWNING_STRATEGIES, is_primary
-
-#: Quiet on DDP ranks >= 1: Lightning re-runs the whole command there, and rank 0 speaks for all.
-console = Console(quiet=not is_primary())
+from ..terminal import console, plain, print_table
 
 __all__ = ["console", "make_datamodule", "make_model", "make_trainer", "print_table", "out_dir", "plain", "is_primary",
            "refuse_spawning"]
-
-
-def plain(node: Any) -> Any:
-    """An omegaconf node as plain Python (lists, dicts, scalars)."""
-    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
 
 
 def out_dir(cfg: DictConfig, command: str) -> Path:
@@ -103,15 +92,3 @@ def make_trainer(cfg: DictConfig, command: str, callbacks: Sequence[pl.Callback]
     kwargs.setdefault("enable_checkpointing", False)
     kwargs.setdefault("enable_model_summary", False)
     return pl.Trainer(logger=make_logger(cfg, command), callbacks=list(callbacks), **kwargs)
-
-
-def print_table(title: str, rows: Iterable[dict[str, Any]]) -> None:
-    rows = list(rows)
-    if not rows:
-        return
-    table = Table(title=title)
-    for col in rows[0]:
-        table.add_column(str(col))
-    for row in rows:
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()])
-    console.print(table)

@@ -54,16 +54,10 @@ KEYS = {
 
 
 def pruner_names(spec: Any) -> list[str]:
-    names = plain(spec)
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    if not names or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"pruner must be a plugin name or a list of names, got {spec!r}")
-    from ..pruners import get
+    """The pruner names of ``pruner=`` (one name, 'a,b' or a list), each checked against the installed ones."""
+    from ..pruners import names_of
 
-    for n in names:
-        get(n)  # an unknown name lists the installed ones before any work starts
-    return list(names)
+    return names_of(plain(spec))
 
 
 def _architecture(cfg: DictConfig, model: Any, dm: Any, out: Path, overwrite: bool):

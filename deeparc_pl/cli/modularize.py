@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
 from ..architecture.callback import CKACallback
+from ..architecture.partition import threshold_sweep as parse_sweep
 from ..architecture.plots import plot_modularity_sweep, plot_module_sizes, plot_similarity
 from ..data.samplers import ShuffledPasses
 from ..fileio import refuse_existing, write_json
@@ -38,22 +39,6 @@ KEYS = {
 }
 
 DEFAULT_MODEL = "resnet20"
-
-
-def parse_sweep(spec: Any) -> list[float]:
-    """'0.90:0.99:0.01' -> [0.90, 0.91, ..., 0.99] (inclusive); a list is taken as is."""
-    if spec is None:
-        return []
-    if isinstance(spec, (list, tuple)) or hasattr(spec, "__iter__") and not isinstance(spec, str):
-        return [float(v) for v in spec]
-    parts = str(spec).split(":")
-    if len(parts) != 3:
-        raise ValueError(f"thresholds must be 'start:stop:step', got {spec!r}")
-    start, stop, step = (float(p) for p in parts)
-    if step <= 0 or stop < start:
-        raise ValueError(f"thresholds {spec!r}: need start <= stop and step > 0")
-    count = int(round((stop - start) / step)) + 1
-    return [round(start + i * step, 10) for i in range(count)]
 
 
 def demo_checkpoint(cfg: DictConfig) -> Path | None:

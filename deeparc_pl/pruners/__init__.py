@@ -14,7 +14,7 @@ from deeparc_pl.pruners.masks import (
     sparsity,
 )
 from deeparc_pl.pruners.protocol import Pruner, PruningReport, ScoredPruner
-from deeparc_pl.pruners.registry import GROUP, DuplicatePrunerError, available, get, register_pruner, unregister_pruner
+from deeparc_pl.pruners.registry import GROUP, DuplicatePrunerError, available, get, names_of, register_pruner, unregister_pruner
 
 __all__ = [
     "GROUP",
@@ -25,6 +25,7 @@ __all__ = [
     "apply_masks",
     "available",
     "get",
+    "names_of",
     "layer_sparsity",
     "make_permanent",
     "prepare_for_masked_state_dict",

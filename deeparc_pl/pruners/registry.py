@@ -8,11 +8,11 @@ never a silent override.
 from __future__ import annotations
 
 from importlib import metadata
-from typing import Callable, TypeVar, Union
+from typing import Any, Callable, TypeVar, Union
 
 from deeparc_pl.pruners.protocol import Pruner
 
-__all__ = ["GROUP", "DuplicatePrunerError", "available", "get", "register_pruner", "unregister_pruner"]
+__all__ = ["GROUP", "DuplicatePrunerError", "available", "get", "register_pruner", "unregister_pruner", "names_of"]
 
 GROUP = "deeparc_pl.pruners"
 
@@ -119,3 +119,14 @@ def unregister_pruner(name: str) -> None:
         del _REGISTERED[name]
     except KeyError:
         raise KeyError(f"no in-process pruner named {name!r}; registered: {sorted(_REGISTERED)}") from None
+
+
+def names_of(spec: Any) -> list[str]:
+    """Pruner names from one name, a comma-separated string or a list; each must be installed (an
+    unknown one lists the installed ones before any work starts)."""
+    names = [n.strip() for n in spec.split(",") if n.strip()] if isinstance(spec, str) else spec
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"pruner must be a plugin name or a list of names, got {spec!r}")
+    for n in names:
+        get(n)
+    return list(names)

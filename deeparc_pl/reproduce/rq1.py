@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
-from ..cli.common import plain
+from ..terminal import plain
 from .regression import comparison_rows, encode_levels, fit_eq6, univariate_fit
 from .report import Report, RunLogger, aggregate, line_plot
 from .subjects import (cka_settings, count_parameters, data_settings, fit_subject, make_data, measure_architecture,
@@ -111,7 +111,7 @@ def _architecture(result: dict[str, Any], threshold: float, method: str):
 
 
 def _thresholds(cfg: DictConfig) -> list[float]:
-    from ..cli.modularize import parse_sweep
+    from ..architecture.partition import threshold_sweep as parse_sweep
 
     return parse_sweep(plain(cfg.rq1.thresholds))
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Subset
 
-from ..cli.common import plain
+from ..terminal import plain
 from .probe import layer_features, pair_differences, probe_accuracies
 from .report import Report, RunLogger, aggregate, line_plot
 from .subjects import (cka_settings, count_parameters, data_settings, fit_subject, lazy_data, make_data,

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..cli.common import console, plain
+from ..terminal import console, plain
 from .report import Report, aggregate
 from .rq2 import load_subject, subject_cell, subject_configs
 from .session import ReproduceSession
@@ -53,7 +53,7 @@ def subject_section(cfg: DictConfig) -> DictConfig:
 
 
 def rq3_configs(cfg: DictConfig, subject: dict[str, Any]) -> list[dict[str, Any]]:
-    from ..cli.compress import pruner_names
+    from ..pruners import names_of as pruner_names
 
     mode = str(cfg.deeparc)
     if mode not in ("both", "with", "without"):
@@ -61,7 +61,7 @@ def rq3_configs(cfg: DictConfig, subject: dict[str, Any]) -> list[dict[str, Any]
     flags = {"both": [False, True], "with": [True], "without": [False]}[mode]
     return [{"rq": "rq3", "version": VERSION, "kind": "compress", "subject": subject, "seed": subject["seed"],
              "method": name, "deeparc": flag, "settings": _settings(cfg)}
-            for name in pruner_names(cfg.pruner) for flag in flags]
+            for name in pruner_names(plain(cfg.pruner)) for flag in flags]
 
 
 def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..cli.common import console, plain
+from ..terminal import console, plain
 from .cells import cell_key
 from .report import Report, aggregate
 from .rq2 import subject_cell, subject_configs

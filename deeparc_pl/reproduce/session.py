@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from omegaconf import DictConfig
 
-from ..cli.common import console, plain
+from ..terminal import console, plain
 from ..distributed import process_rank
 from .cells import CellStore, run_cells
 from .report import RunLogger, check_outputs

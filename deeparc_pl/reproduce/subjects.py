@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..cli.common import plain
+from ..terminal import plain
 
 __all__ = ["data_settings", "train_settings", "cka_settings", "make_data", "fit_subject", "measure_architecture",
            "count_parameters", "split_of", "seed_list"]
