@@ -141,9 +141,7 @@ def run_cells(
         if on_result is not None:
             on_result(config, result, computed)
         results.append(result)
-    if progress:
-        console.print(f"[bold]{description}[/bold]: {store.computed} computed, {store.reused} reused from {store.folder}")
-    return results
+    return results  # the totals are printed once, by ReproduceSession.announce
 
 
 _LABEL_KEYS = ("kind", "model", "fraction", "classes", "seed", "attack", "variant", "method", "task")
