@@ -21,9 +21,14 @@ __all__ = ["process_rank", "is_primary", "padding_mask", "loader_sampler", "SPAW
 SPAWNING_STRATEGIES = ("spawn", "fork", "notebook")
 
 
+#: Where launchers put a process's rank: Lightning and torchrun, SLURM's srun, Open MPI, other MPIs, LSF.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK",
+                  "JSM_NAMESPACE_RANK")
+
+
 def process_rank() -> int:
     """0 on the process that writes; under Lightning DDP the other ranks only compute."""
-    ranks = [int(os.environ.get(k, "0") or 0) for k in ("RANK", "LOCAL_RANK", "NODE_RANK")]
+    ranks = [int(os.environ.get(k, "0") or 0) for k in RANK_VARIABLES]
     return max(ranks)
 
 

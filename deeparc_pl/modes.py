@@ -19,9 +19,11 @@ def modes_of(model: nn.Module) -> list[tuple[nn.Module, bool]]:
 
 
 def restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
-    """Put back flags saved by :func:`modes_of`."""
+    """Put back flags saved by :func:`modes_of`, through each module's own ``train()`` (so overrides
+    with side effects run); parents come before children, so every module ends with its own flag."""
     for module, flag in modes:
-        module.training = flag
+        if module.training != flag:
+            module.train(flag)
 
 
 @contextlib.contextmanager

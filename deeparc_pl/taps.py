@@ -156,6 +156,7 @@ class LayerTaps:
         def fn(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if not self.keep_graph:
                 output = output.detach() if isinstance(output, torch.Tensor) else output
+            self._store.pop(name, None)  # a module called twice reports its last call, in its last position
             self._store[name] = self.transform(name, output) if self.transform is not None else output
 
         return fn

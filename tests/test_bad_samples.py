@@ -80,3 +80,13 @@ def test_attack_options_and_sets_are_checked(setup):
         AdversarialSet(x[:0], x[:0], y[:0], "fgsm")
     with pytest.raises(ValueError, match=r"AdversarialSet \(x_adv\): the inputs contain"):
         AdversarialSet(torch.full_like(x, float("nan")), x, y, "fgsm")
+
+
+def test_inputs_of_other_dtypes_still_train_in_float32(setup):
+    """uint8 labels and half/double/uint8 inputs were accepted before the checks: they still are."""
+    from deeparc_pl.readapt.tasks import FullFinetune
+
+    net, _, x, y = setup
+    for xs in (x.half(), x.double(), (x * 255).to(torch.uint8)):
+        task = FullFinetune(net, None, None, (xs, y.to(torch.uint8)), (xs, y.to(torch.uint8)), beta=0.0)
+        assert task._x.dtype == torch.float32 and task._y.dtype == torch.long

@@ -94,6 +94,15 @@ def test_keys_of_other_commands_are_ignored_with_a_warning():
     assert cfg.trainer.max_epochs == 2 and cfg.trainer.gradient_clip_val == 1.0  # trainer.* is open
     cfg = build_config("attack", None, ["attack.params.eps=0.05"])  # keys under a dict-valued key are open
     assert cfg.attack.params.eps == 0.05
+    cfg = build_config("compress", None, ["latency.repeats=0", "max_rounds=0"])  # 0: no timing, reduction only
+    assert cfg.latency.repeats == 0 and cfg.max_rounds == 0
+
+
+def test_numbers_from_environment_variables_are_numbers(monkeypatch):
+    from deeparc_pl.cli.config import build_config
+
+    monkeypatch.setenv("DEEPARC_TEST_BS", "64")
+    assert int(build_config("train", None, ["data.batch_size=${oc.env:DEEPARC_TEST_BS}"]).data.batch_size) == 64
 
 
 def test_parse_sweep():

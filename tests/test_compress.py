@@ -172,3 +172,4 @@ def test_bad_settings_are_named(model, data):
         compress(broken, "global", data)
     with pytest.raises(ValueError, match="needs an architecture"):
         compare_compression(model, "global", data, None, deeparc="with")
+

@@ -70,3 +70,22 @@ def test_mismatched_batch_sizes_are_named():
     metric = CKAMatrix(["p", "q"])
     with pytest.raises(ValueError, match="q"):
         metric.update([torch.randn(8, 3), torch.randn(7, 3)])
+
+
+class SharedTwice(nn.Module):
+    """`a` is one module called twice: a, b, a, c. Its tapped output is its last call, after b."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.a(torch.relu(self.b(torch.relu(self.a(x)))))))
+
+
+def test_a_module_called_twice_is_ordered_by_its_last_call():
+    loader = DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=8)
+    arch = modularize(SharedTwice(), loader, layers=["b", "a", "c"], threshold=0.5)
+    assert arch.layer_names == ["b", "a", "c"]
+    with pytest.raises(ValueError, match=r"ran \['b', 'a', 'c'\]"):
+        modularize(SharedTwice(), loader, layers=["a", "b", "c"])

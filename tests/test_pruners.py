@@ -151,12 +151,28 @@ def test_third_party_plugin_is_discovered_and_used(tmp_path, monkeypatch):
 def test_duplicate_name_from_second_distribution_raises(tmp_path, monkeypatch):
     _write_dist(tmp_path, "clashprune", "clash_mod", {"lamp": "clash_mod:X"}, "class X: pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(UserWarning, match="'lamp' is registered twice"):
+        assert "lamp" in pruners.available()
     with pytest.raises(pruners.DuplicatePrunerError) as err:
-        pruners.available()
+        pruners.get("lamp")
     msg = str(err.value)
     assert "'lamp'" in msg and "clashprune" in msg and "deeparc" in msg.lower()
-    with pytest.raises(pruners.DuplicatePrunerError):
-        pruners.get("lamp")
+    assert pruners.get("global").name == "global"  # the clash disables only the name it is about
+
+
+def test_a_broken_plugin_is_named_and_the_others_keep_working(tmp_path, monkeypatch):
+    _write_dist(tmp_path, "brokenprune", "broken_mod",
+                {"imports_missing": "broken_mod:X", "no_attr": "broken_mod:Missing", "raises": "broken_mod:Boom"},
+                "import definitely_not_installed_xyz\n")
+    _write_dist(tmp_path, "boomprune", "boom_mod", {"boom": "boom_mod:Boom"},
+                "class Boom:\n    name = 'boom'\n    def __init__(self):\n        raise RuntimeError('no GPU')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(pruners.PrunerLoadError, match=r"pruner 'imports_missing' from brokenprune .* failed to load: ModuleNotFound"):
+        pruners.get("imports_missing")
+    with pytest.raises(pruners.PrunerLoadError, match="pruner 'boom' .* could not be built with no arguments: RuntimeError: no GPU"):
+        pruners.get("boom")
+    assert pruners.get("lamp").name == "lamp"
+    monkeypatch.delitem(sys.modules, "boom_mod", raising=False)
 
 
 def test_register_pruner_in_process_and_refuses_duplicates():

@@ -221,3 +221,30 @@ def test_save_load_roundtrip_reduced_sewn_masked(reduction, fmnist, tmp_path):
         assert torch.equal(loaded.eval()(x), pruned(x))
     with pytest.raises(FileExistsError):
         save_checkpoint(path, pruned)
+
+
+class PoolBetween(nn.Module):
+    """b2 -> F.max_pool2d -> b3: the pool is not a tapped layer, so removing b2..b3 would move it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.b2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.b3 = nn.Conv2d(4, 4, 3, padding=1)
+        self.b4 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b2(torch.relu(self.b1(x))))
+        x = nn.functional.max_pool2d(x, 2)
+        x = torch.relu(self.b4(torch.relu(self.b3(x))))
+        return self.fc(x.flatten(1))
+
+
+def test_an_untapped_op_inside_a_removed_span_is_refused_not_silently_moved():
+    torch.manual_seed(0)
+    model = PoolBetween()
+    arch = architecture_from_groups(["b1", "b2", "b3", "b4"], [[0, 1, 2], [3]])
+    data = TensorDataset(torch.randn(16, 1, 8, 8), torch.zeros(16, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"that is not tapped \(a pooling op"):
+        reduce_layers(model, arch, data=data, samples=16, epochs=1)

@@ -21,12 +21,13 @@ MANUAL = "manual"
 
 def _names(value: Any, what: str) -> list[str]:
     """A list of non-empty layer names (a bare string is refused: it would split into letters)."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
         raise TypeError(f"{what} must be a list of layer names, got {type(value).__name__} {value!r}")
+    value = list(value)  # lists, tuples, omegaconf ListConfig, numpy arrays of names
     bad = [v for v in value if not isinstance(v, str) or not v]
     if bad:
         raise TypeError(f"{what} must hold non-empty strings (layer names), got {bad[:3]}")
-    return list(value)
+    return [str(v) for v in value]
 
 
 @dataclass

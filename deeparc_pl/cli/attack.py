@@ -7,7 +7,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from .common import console, make_datamodule, plain, print_table
+from .common import console, is_primary, make_datamodule, plain, print_table
 
 __all__ = ["run", "split_tensors", "KEYS", "HELP"]
 
@@ -58,6 +58,8 @@ def run(cfg: DictConfig, overwrite: bool = False) -> Path:
     x, y = split_tensors(dm, str(a.split), a.limit)
     params = dict(plain(a.params) or {})
     adv = generate(model, (x, y), str(a.method), clip_values=tuple(dm.clip_values), seed=int(cfg.seed), **params)
+    if not is_primary():  # DDP ranks >= 1 (when the demo model was trained on several devices) only compute
+        return path
     adv.save(path, overwrite=overwrite)
     print_table(f"{a.method} on {len(adv)} {a.split} samples", [{
         "samples": len(adv),

@@ -136,7 +136,7 @@ def run(cfg: DictConfig, overwrite: bool = False) -> Path:
             path = out / "compressed" / f"{name}{tag}.ckpt"
             if not is_primary():
                 continue
-            save_checkpoint(path, res.model, overwrite=overwrite, info={
+            save_checkpoint(path, res.model, overwrite=overwrite, layers=plain(cfg.model.layers), info={
                 "data": str(cfg.data.name), "pruner": name, "deeparc": res.deeparc, "rounds": res.rounds,
                 "test_acc": res.final_acc, "original_acc": original_acc, "sparsity": 1.0 - res.remaining})
             console.print(f"wrote {path}")

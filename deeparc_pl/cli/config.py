@@ -48,7 +48,7 @@ SHARED_KEYS: dict[str, tuple[Any, str]] = {
 #: Counts where 0 would silently mean "everything" or nothing at all.
 POSITIVE: frozenset[str] = frozenset({
     "data.batch_size", "cka.batch_size", "cka.passes", "cka.samples", "attack.limit", "readapt.samples",
-    "readapt.batch_size", "sewing.samples", "latency.repeats", "latency.batch_size", "max_rounds",
+    "readapt.batch_size", "sewing.samples", "latency.batch_size",
 })
 #: Keys whose int default stands for a wider type (Lightning takes devices=auto or a list of ids).
 LOOSE: frozenset[str] = frozenset({"trainer.devices"})
@@ -147,9 +147,22 @@ def _parse_overrides(overrides: Sequence[str]) -> dict:
     return tree
 
 
+def _number(value: Any) -> Any:
+    """A string that reads as a number (e.g. from ``${oc.env:VAR}``) as that number; else the value."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
+
+
 def _check_value(key: str, value: Any, default: Any) -> None:
     if key in LOOSE or value is None:
         return
+    if isinstance(default, (int, float)) and not isinstance(default, bool) or key in POSITIVE:
+        value = _number(value)
     if key in POSITIVE:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be an integer of at least 1, got {value!r}")

@@ -180,6 +180,6 @@ def run(cfg: DictConfig, overwrite: bool = False, command: str = "enhance") -> P
         return folder / f"readapt_{command}.md"
     out = out_dir(cfg, command)
     md, js = write_report(out, f"readapt_{command}", rows, meta, overwrite=overwrite)
-    console.print(f"\n{meta['title']}\n\n{markdown_table(rows)}", markup=False, highlight=False)
+    console.print(f"\n{meta['title']}\n\n{markdown_table(rows)}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {md} and {js}")
     return md

@@ -14,11 +14,13 @@ from deeparc_pl.pruners.masks import (
     sparsity,
 )
 from deeparc_pl.pruners.protocol import Pruner, PruningReport, ScoredPruner
-from deeparc_pl.pruners.registry import GROUP, DuplicatePrunerError, available, get, names_of, register_pruner, unregister_pruner
+from deeparc_pl.pruners.registry import GROUP, DuplicatePrunerError, PrunerLoadError, clashes, available, get, names_of, register_pruner, unregister_pruner
 
 __all__ = [
     "GROUP",
     "DuplicatePrunerError",
+    "PrunerLoadError",
+    "clashes",
     "Pruner",
     "PruningReport",
     "ScoredPruner",

@@ -2,17 +2,20 @@
 
 Plugins are discovered lazily (Lightning / timm style): :func:`available` reads only package metadata;
 a plugin's module is imported when :func:`get` asks for it. A name claimed twice -- by two
-distributions, or by a distribution and :func:`register_pruner` -- is an error naming both claimants,
-never a silent override.
+distributions, or by a distribution and :func:`register_pruner` -- is an error naming both claimants
+when that name is asked for (and a warning when pruners are listed), never a silent override; the
+other pruners stay usable. A plugin that fails to import or to build is an error naming it.
 """
 from __future__ import annotations
 
+import warnings
 from importlib import metadata
 from typing import Any, Callable, TypeVar, Union
 
 from deeparc_pl.pruners.protocol import Pruner
 
-__all__ = ["GROUP", "DuplicatePrunerError", "available", "get", "register_pruner", "unregister_pruner", "names_of"]
+__all__ = ["GROUP", "DuplicatePrunerError", "available", "get", "register_pruner", "unregister_pruner", "names_of", "clashes",
+           "PrunerLoadError"]
 
 GROUP = "deeparc_pl.pruners"
 
@@ -26,51 +29,75 @@ class DuplicatePrunerError(ValueError):
     """Two sources register the same pruner name."""
 
 
+class PrunerLoadError(ImportError):
+    """An installed pruner plugin failed to import or to build (the message names it and its source)."""
+
+
 def _source(ep: metadata.EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
     return f"{dist.name if dist is not None else '<unknown distribution>'} ({ep.value})"
 
 
-def _entry_points() -> dict[str, metadata.EntryPoint]:
+def _scan() -> tuple[dict[str, metadata.EntryPoint], dict[str, str]]:
+    """Installed entry points by name, and the names claimed twice (name -> why), without raising:
+    a clash disables only the name it is about, never the other pruners."""
     found: dict[str, metadata.EntryPoint] = {}
+    clashes: dict[str, str] = {}
     for ep in metadata.entry_points(group=GROUP):
         prev = found.get(ep.name)
         if prev is None:
             found[ep.name] = ep
         elif _source(prev) != _source(ep):
-            raise DuplicatePrunerError(
-                f"pruner name {ep.name!r} is registered twice in entry-point group {GROUP!r}: "
-                f"by {_source(prev)} and by {_source(ep)}; uninstall or rename one"
-            )
-    clash = sorted(set(found) & set(_REGISTERED))
-    if clash:
-        name = clash[0]
-        raise DuplicatePrunerError(
-            f"pruner name {name!r} is registered both by {_source(found[name])} and in-process by "
-            f"{_REGISTERED[name].__module__}.{_REGISTERED[name].__qualname__}"
-        )
-    return found
+            clashes[ep.name] = (f"pruner name {ep.name!r} is registered twice in entry-point group {GROUP!r}: "
+                                f"by {_source(prev)} and by {_source(ep)}; uninstall or rename one")
+    for name in sorted(set(found) & set(_REGISTERED)):
+        clashes.setdefault(name, f"pruner name {name!r} is registered both by {_source(found[name])} and in-process "
+                                 f"by {_REGISTERED[name].__module__}.{_REGISTERED[name].__qualname__}")
+    return found, clashes
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return _scan()[0]
+
+
+def clashes() -> dict[str, str]:
+    """Pruner names claimed by two sources, each with the reason; ``get`` refuses exactly these."""
+    return _scan()[1]
 
 
 def available() -> list[str]:
-    """Sorted names of all installed and registered pruners (imports no plugin code)."""
-    return sorted(set(_entry_points()) | set(_REGISTERED))
+    """Sorted names of all installed and registered pruners (imports no plugin code); a name claimed
+    twice is listed (``get`` refuses it, naming both sources) and warned about."""
+    found, clash = _scan()
+    for why in clash.values():
+        warnings.warn(why, stacklevel=2)
+    return sorted(set(found) | set(_REGISTERED))
 
 
 def get(name: str) -> Pruner:
     """Instantiate the pruner registered as ``name`` with no arguments; its ``name`` is that name."""
     if not isinstance(name, str):
         raise TypeError(f"pruner name must be a str, got {type(name).__name__}")
-    eps = _entry_points()
+    eps, clash = _scan()
+    if name in clash:
+        raise DuplicatePrunerError(clash[name])
     if name in _REGISTERED:
         cls = _REGISTERED[name]
     elif name in eps:
-        cls = eps[name].load()
+        try:
+            cls = eps[name].load()
+        except Exception as exc:  # a broken plugin: name it, leave the others usable
+            raise PrunerLoadError(f"pruner {name!r} from {_source(eps[name])} failed to load: "
+                              f"{type(exc).__name__}: {exc}") from exc
     else:
         raise KeyError(f"unknown pruner {name!r}; installed pruners: {', '.join(available()) or '(none)'}")
     if not callable(cls):
         raise TypeError(f"entry point for pruner {name!r} is not a class or factory: {cls!r}")
-    pruner = cls()
+    try:
+        pruner = cls()
+    except Exception as exc:
+        raise PrunerLoadError(f"pruner {name!r} ({cls!r}) could not be built with no arguments: "
+                           f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(pruner, Pruner):
         raise TypeError(
             f"pruner {name!r} ({cls!r}) does not follow the Pruner protocol (needs `name` and `prune(model, sparsity)`)"

@@ -111,10 +111,11 @@ class ReadaptTask(pl.LightningModule):
             reference, target = (target.x, target.y), (target.x_adv, target.y)
         x_ref, y_ref = _as_pair(reference, "the reference set D")
         x_tgt, y_tgt = _as_pair(target, "the target set D'")
+        x_ref, x_tgt = x_ref.float(), x_tgt.float()  # training runs in float32 (uint8/half/double inputs too)
         classes = output_classes(model, x_ref)
-        x_ref, y_ref = check_samples(x_ref, y_ref, "the reference set D", classes)
-        x_tgt, y_tgt = check_samples(x_tgt, y_tgt, "the target set D'", classes)
-        x_ref, y_ref, x_tgt, y_tgt = x_ref.float(), y_ref.long(), x_tgt.float(), y_tgt.long()
+        check_samples(x_ref, y_ref, "the reference set D", classes)
+        check_samples(x_tgt, y_tgt, "the target set D'", classes)
+        y_ref, y_tgt = y_ref.long(), y_tgt.long()
         if self.paired and len(x_ref) != len(x_tgt):
             raise ValueError(
                 f"enhancement pairs each target sample with its clean original: got {len(x_ref)} reference and "

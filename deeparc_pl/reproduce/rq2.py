@@ -93,13 +93,14 @@ def _wrong(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def load_subject(folder: Path, result: dict[str, Any]):
     from ..architecture.semantic import SemanticArchitecture
-    from ..models.checkpoint import load_model
+    from ..models.checkpoint import load_model, read_checkpoint
 
     path = folder / result["checkpoint"]
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing but its subject cell is finished; delete the cell files of rq2 "
                                 f"under {folder / 'cells'} that name it to retrain")
-    model, _ = load_model(path)
+    saved = read_checkpoint(path)["model"].get("name")  # written by subject_cell: a zoo name, or a class the
+    model, _ = load_model(path, {"name": saved})        # user named (model.name) to get it loaded there
     arch = SemanticArchitecture.from_dict(result["architecture"], str(path))
     return model, arch
 
@@ -137,8 +138,10 @@ def subject_cell(cfg: DictConfig, config: dict[str, Any], folder: Path, write: b
     dm = make_data(cfg, config["fraction"], config["classes"], config["seed"])
     pl.seed_everything(int(config["seed"]), workers=True, verbose=False)
     if config["weights"]:
-        model, _ = load_model(config["weights"], {"num_classes": dm.num_classes, "in_channels": dm.in_channels,
-                                                  "image_size": dm.image_size})
+        spec = {"num_classes": dm.num_classes, "in_channels": dm.in_channels, "image_size": dm.image_size}
+        if cfg.model.get("name"):  # a checkpoint of a user class loads only when the class is named
+            spec = {"name": str(cfg.model.name)}
+        model, _ = load_model(config["weights"], spec)
         metrics = {"test_acc": float("nan")}
     else:
         model = build(config["model"], dm.num_classes, dm.in_channels, dm.image_size)

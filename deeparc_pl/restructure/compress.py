@@ -278,6 +278,8 @@ def compress(
     say = log or (lambda _line: None)
     t0 = time.perf_counter()
     example = example_batch(datamodule, latency_batch_size)
+    if hasattr(plugin, "example_inputs") and getattr(plugin, "example_inputs") is None:
+        plugin.example_inputs = example[:1]  # graph-tracing pruners (structured) need an input of the data's shape
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         raise ValueError(f"the model has NaN/inf weights in {bad[:5]}: pruning scores would be meaningless")
@@ -317,7 +319,7 @@ def compress(
                 keep = goal
             total, _ = count_prunable(current)
             asked = min(max(1.0 - keep / total, 0.0), 1.0 - 1e-9)
-            pruned = plugin.prune(current, asked)
+            pruned = plugin.prune(copy_model(current), asked)  # a plugin pruning in place cannot touch `current`
             record_pruning(pruned, plugin, example)
             pl.seed_everything(seed + r, workers=True, verbose=False)
             finetune(pruned, datamodule, finetune_epochs, lr, optimizer, trainer_kwargs)

@@ -115,6 +115,28 @@ def layer_shapes(model: nn.Module, layers: Sequence[str], example: torch.Tensor)
     return {n: (tuple(i), tuple(o)) for n, i, o in zip(trace.names, trace.input_shapes, trace.output_shapes)}
 
 
+def _check_kept_inputs(reduced: nn.Module, layers: Sequence[str], removed: Sequence[str],
+                       shapes: dict[str, tuple[tuple, tuple]], x: torch.Tensor, spans: Sequence["Span"]) -> None:
+    """Every kept layer must receive what it received before. If not, something that is not a tapped
+    layer (a pooling module, a functional call in ``forward``) ran between the removed layers and now
+    runs after their replacement, which silently computes something else."""
+    kept = [n for n in layers if n not in set(removed)]
+    where = "; ".join(f"{s.layers}" for s in spans)
+    try:
+        now = layer_shapes(reduced, kept, x)
+    except RuntimeError as exc:
+        raise ValueError(f"the model with layers {where} removed no longer runs ({exc}); something between those "
+                         "layers that is not tapped (a pooling op, a functional call) changes the shape: remove "
+                         "fewer layers (modules=...) or tap that operation") from None
+    for name in kept:
+        if now[name][0] != shapes[name][0]:
+            raise ValueError(
+                f"after removing {where}, layer {name!r} would receive shape {now[name][0]} instead of "
+                f"{shapes[name][0]}: something between the removed layers that is not tapped (a pooling op, a "
+                "functional call) changes the shape; remove fewer layers (modules=...) or tap that operation"
+            )
+
+
 @dataclass
 class Span:
     """A run of removed layers and how it was replaced."""
@@ -175,14 +197,19 @@ def reduce(
         span = Span(run, shapes[run[0]][0], shapes[run[-1]][1], "identity")
         if span.in_shape != span.out_shape:
             span.kind = "sewing"
-            apply_edit(reduced, {"kind": "sewing", "layer": run[0], "in_shape": list(span.in_shape),
-                                 "out_shape": list(span.out_shape)})
+            try:
+                apply_edit(reduced, {"kind": "sewing", "layer": run[0], "in_shape": list(span.in_shape),
+                                     "out_shape": list(span.out_shape)})
+            except ValueError as exc:
+                raise ValueError(f"cannot remove layers {run} of module {architecture.module_of(run[0])}: {exc} "
+                                 "(tap only the blocks whose outputs feed each other, e.g. not a Flatten or the head)") from None
             rest = run[1:]
         else:
             rest = run
         for name in rest:
             apply_edit(reduced, {"kind": "identity", "layer": name})
         spans.append(span)
+    _check_kept_inputs(reduced, architecture.layer_names, removed, shapes, x, spans)
     sewing_spans = [s for s in spans if s.kind == "sewing"]
     if sewing_spans and data is None:
         raise ValueError(
