@@ -17,7 +17,7 @@ from torch import nn
 
 from .modes import evaluating
 
-__all__ = ["LayerTaps", "LayerTrace", "default_layer_names", "resolve_layer_names", "LayerNameError"]
+__all__ = ["LayerTaps", "LayerTrace", "default_layer_names", "resolve_layer_names", "check_layer_list", "LayerNameError"]
 
 
 class LayerNameError(KeyError, ValueError):
@@ -50,10 +50,15 @@ def default_layer_names(model: nn.Module) -> list[str]:
     )
 
 
-def resolve_layer_names(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
-    """Check that every name is a submodule; raise ``LayerNameError`` naming the nearest real ones."""
+def check_layer_list(layers: Any) -> None:
+    """A bare string is not a list of layers (it would split into letters)."""
     if isinstance(layers, (str, bytes)):
         raise TypeError(f"layers must be a list of module names, got the string {layers!r} (did you mean [{layers!r}]?)")
+
+
+def resolve_layer_names(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
+    """Check that every name is a submodule; raise ``LayerNameError`` naming the nearest real ones."""
+    check_layer_list(layers)
     names = default_layer_names(model) if layers is None else [str(n) for n in layers]
     if not names:
         raise ValueError("no layers to tap: the list of layer names is empty")

@@ -17,6 +17,7 @@ from torch import nn
 from ..distributed import SPAWNING_STRATEGIES, loader_sampler, padding_mask
 from ..similarity.functional import check_estimator
 from ..similarity.stream import MIN_BATCH, ActivationStream
+from ..taps import check_layer_list
 from .partition import METHODS, validate_threshold
 from .semantic import SemanticArchitecture
 
@@ -64,8 +65,7 @@ class CKACallback(pl.Callback):
         model_attr: str | None = None,
         log_heatmap: bool = True,
     ) -> None:
-        if isinstance(layers, (str, bytes)):
-            raise TypeError(f"layers must be a list of module names, got the string {layers!r} (did you mean [{layers!r}]?)")
+        check_layer_list(layers)
         self.layers = list(layers) if layers is not None else None
         self.threshold = validate_threshold(threshold)
         if method not in METHODS:
