@@ -109,6 +109,8 @@ def test_callback_rejects_bad_threshold():
         CKACallback(every_n_epochs=0)
     with pytest.raises(TypeError, match="got the string"):
         CKACallback(layers="layer1")
+    with pytest.raises(TypeError, match="model_attr must be the name"):
+        CKACallback(model_attr=5)
     assert CKACallback(stages="validate").stages == ("validate",)  # one stage by name, not its letters
 
 

@@ -69,6 +69,7 @@ def test_train_then_modularize_from_checkpoint(tmp_path, capsys):
         (["attack", "attack.limit=0"], "attack.limit must be an integer of at least 1"),
         (["train", "model.layers=[layer1.0"], "cannot read the override 'model.layers=[layer1.0'"),
         (["train", "data=3"], "'data' (did you mean"),
+        (["modularize", "model.layers=abc"], "model.layers must be a list"),
     ],
 )
 def test_bad_input_is_a_clear_error(args, message, capsys, tmp_path):

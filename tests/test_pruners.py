@@ -169,7 +169,7 @@ def test_a_broken_plugin_is_named_and_the_others_keep_working(tmp_path, monkeypa
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(pruners.PrunerLoadError, match=r"pruner 'imports_missing' from brokenprune .* failed to load: ModuleNotFound"):
         pruners.get("imports_missing")
-    with pytest.raises(pruners.PrunerLoadError, match="pruner 'boom' .* could not be built with no arguments: RuntimeError: no GPU"):
+    with pytest.raises(pruners.PrunerLoadError, match="pruner 'boom' from boomprune .* could not be built with no arguments: RuntimeError: no GPU"):
         pruners.get("boom")
     assert pruners.get("lamp").name == "lamp"
     monkeypatch.delitem(sys.modules, "boom_mod", raising=False)

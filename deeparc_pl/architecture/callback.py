@@ -66,6 +66,8 @@ class CKACallback(pl.Callback):
         log_heatmap: bool = True,
     ) -> None:
         check_layer_list(layers)
+        if model_attr is not None and (not isinstance(model_attr, str) or not model_attr):
+            raise TypeError(f"model_attr must be the name of an attribute of your LightningModule, got {model_attr!r}")
         self.layers = list(layers) if layers is not None else None
         self.threshold = validate_threshold(threshold)
         if method not in METHODS:

@@ -50,6 +50,8 @@ POSITIVE: frozenset[str] = frozenset({
     "data.batch_size", "cka.batch_size", "cka.passes", "cka.samples", "attack.limit", "readapt.samples",
     "readapt.batch_size", "sewing.samples", "latency.batch_size",
 })
+#: Keys that hold a list (a bare string would be read letter by letter).
+LISTS: frozenset[str] = frozenset({"model.layers"})
 #: Keys whose int default stands for a wider type (Lightning takes devices=auto or a list of ids).
 LOOSE: frozenset[str] = frozenset({"trainer.devices"})
 
@@ -161,6 +163,8 @@ def _number(value: Any) -> Any:
 def _check_value(key: str, value: Any, default: Any) -> None:
     if key in LOOSE or value is None:
         return
+    if key in LISTS and not (isinstance(value, (list, tuple)) or OmegaConf.is_list(value)):
+        raise ValueError(f"{key} must be a list, e.g. {key}='[{value},...]', got {value!r}")
     if isinstance(default, (int, float)) and not isinstance(default, bool) or key in POSITIVE:
         value = _number(value)
     if key in POSITIVE:

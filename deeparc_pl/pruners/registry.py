@@ -81,9 +81,11 @@ def get(name: str) -> Pruner:
     eps, clash = _scan()
     if name in clash:
         raise DuplicatePrunerError(clash[name])
+    source = "registered in-process"
     if name in _REGISTERED:
         cls = _REGISTERED[name]
     elif name in eps:
+        source = f"from {_source(eps[name])}"
         try:
             cls = eps[name].load()
         except Exception as exc:  # a broken plugin: name it, leave the others usable
@@ -96,7 +98,7 @@ def get(name: str) -> Pruner:
     try:
         pruner = cls()
     except Exception as exc:
-        raise PrunerLoadError(f"pruner {name!r} ({cls!r}) could not be built with no arguments: "
+        raise PrunerLoadError(f"pruner {name!r} {source} ({cls!r}) could not be built with no arguments: "
                            f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(pruner, Pruner):
         raise TypeError(
