@@ -482,3 +482,12 @@ def test_combines_with_torch_native_pruning():
     assert (masks.effective_weight(out[5])[zeros_before] == 0).all()
     assert len(out[5]._forward_pre_hooks) == 1
     assert out(torch.randn(1, 1, 9, 9)).shape == (1, 10)
+
+
+def test_nan_weights_are_refused_not_pruned_to_a_wrong_sparsity():
+    model = small_cnn()
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = float("nan")
+    for name in ("lamp", "global", "uniform_plus", "erk"):
+        with pytest.raises(ValueError, match="NaN/inf weights"):
+            pruners.get(name).prune(model, 0.5)

@@ -95,6 +95,9 @@ class ScoredPruner:
         if not layers:
             raise ValueError("model has no prunable layers (nn.Conv2d / nn.Linear)")
         weights = [_masks.effective_weight(m).detach() for _, m in layers]
+        bad = [name for (name, _), w in zip(layers, weights) if not bool(torch.isfinite(w).all())]
+        if bad:  # NaN scores sort arbitrarily: the sparsity asked for would silently not be met
+            raise ValueError(f"layers {bad[:5]} have NaN/inf weights: cannot rank them for pruning")
         alive = [w != 0 for w in weights]
         total = sum(w.numel() for w in weights)
         n_alive = int(sum(int(a.sum()) for a in alive))
