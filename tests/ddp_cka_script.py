@@ -3,7 +3,8 @@ one process, on sets whose sizes make DistributedSampler pad.
 
 usage: python ddp_cka_script.py OUT.npy DEVICES CASE ESTIMATOR
 CASE: validate | predict (one loader of 45), two_loaders (validate on 45 and 17), small (validate on 7,
-batches of 4: one rank gets only a batch too small for minibatch), test_acc (Classifier test accuracy on 45)
+batches of 4: one rank gets only a batch too small for minibatch), tiny (validate on 2 samples: with 3
+ranks one holds padding only), test_acc (Classifier test accuracy on 45)
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def main() -> None:
         trainer.predict(task, dataloaders=loader(45, 1), return_predictions=False)
     elif case == "two_loaders":
         trainer.validate(task, dataloaders=[loader(45, 1), loader(17, 2)], verbose=False)
+    elif case == "tiny":  # 2 samples over 3 ranks: rank 2 holds padding only
+        trainer.validate(task, dataloaders=loader(2, 1, batch_size=1), verbose=False)
     elif case == "small":
         trainer.validate(task, dataloaders=loader(7, 1, batch_size=4), verbose=False)
     elif case == "test_acc":

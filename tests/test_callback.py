@@ -51,6 +51,12 @@ def test_padded_loaders_give_one_process_results_under_ddp(tmp_path, case):
     np.testing.assert_allclose(two, one, atol=1e-10)
 
 
+def test_a_rank_with_padding_only_still_joins_the_exact_gather(tmp_path):
+    one = _run(tmp_path, 1, "tiny", "exact")
+    three = _run(tmp_path, 3, "tiny", "exact")
+    np.testing.assert_allclose(three, one, atol=1e-10)
+
+
 def test_a_rank_with_only_a_too_small_batch_does_not_fail_the_run(tmp_path):
     # 7 samples in batches of 4: rank 1 holds 3 real samples (and a padding repeat), too few for the
     # unbiased estimator; the batches summed over both ranks still give a matrix, as one process does.

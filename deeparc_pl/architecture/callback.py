@@ -116,8 +116,6 @@ class CKACallback(pl.Callback):
         seen = self._seen.get(dataloader_idx, 0)
         keep = padding_mask(loader_sampler(dataloader), seen, n, device=x.device)
         self._seen[dataloader_idx] = seen + n
-        if keep is not None and not bool(keep.any()):
-            return  # a batch of padding only: nothing to add, nothing skipped
         self._stream.update(keep)
 
     def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -120,6 +120,9 @@ class CKAMatrix(Metric):
             raise ValueError("update needs the layers' features (or layer_grams=)")
         feats = self._masked(features, keep)
         if feats is None:
+            if self.estimator == "exact":  # a batch of DDP padding only: keep this rank's list states
+                for i, (f, name) in enumerate(zip(features, self.names)):  # non-empty and 2-D for the gather
+                    getattr(self, f"features_{i}").append(flatten_features(f, name)[:0].clone())
             return
         if self.estimator == "exact":
             n = None

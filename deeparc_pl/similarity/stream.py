@@ -80,6 +80,10 @@ class ActivationStream:
         if self.grams_in_hooks and len({tuple(f.shape) for f in feats}) > 1:
             detail = ", ".join(f"{nm!r}: {int(f.shape[0])}" for nm, f in zip(self.names, feats))
             raise ValueError(f"all layers must have the same number of samples; got {detail}")
+        if n == 0 and keep is not None:  # a batch of DistributedSampler padding only: nothing skipped
+            if not self.grams_in_hooks:
+                self.metric.update(feats, keep=keep)  # (exact: records the feature sizes for the gather)
+            return
         if n < MIN_BATCH.get(self.estimator, 1):
             self.skipped_samples += n
             warnings.warn(
