@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DistributedSampler
 
-__all__ = ["process_rank", "is_primary", "padding_mask", "loader_sampler", "SPAWNING_STRATEGIES"]
+__all__ = ["process_rank", "is_primary", "padding_mask", "loader_sampler", "PaddingTracker", "SPAWNING_STRATEGIES"]
 
 #: Strategies that run the loops in spawned worker processes: state kept in Python attributes
 #: (a callback's result, a task's timings) never reaches the calling process.
@@ -56,3 +56,20 @@ def padding_mask(sampler: Any, seen: int, batch: int, device: torch.device | Non
     positions = rank + world * torch.arange(seen, seen + batch, device=device)
     keep = positions < total
     return None if bool(keep.all()) else keep
+
+
+class PaddingTracker:
+    """Counts, per dataloader, the samples this process drew in the current loop, and masks each
+    batch's padding repeats with :func:`padding_mask`. Call :meth:`reset` when a loop starts."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, int] = {}
+
+    def reset(self) -> None:
+        self._seen = {}
+
+    def mask(self, dataloader: Any, dataloader_idx: int, n: int, device: torch.device | None = None) -> torch.Tensor | None:
+        """This batch's real samples (None: all real), then count the batch as drawn."""
+        seen = self._seen.get(dataloader_idx, 0)
+        self._seen[dataloader_idx] = seen + n
+        return padding_mask(loader_sampler(dataloader), seen, n, device=device)

@@ -9,7 +9,7 @@ import torchmetrics
 from torch import nn
 from torch.nn import functional as F
 
-from .distributed import loader_sampler, padding_mask
+from .distributed import PaddingTracker
 
 __all__ = ["Classifier"]
 
@@ -46,7 +46,7 @@ class Classifier(pl.LightningModule):
         self.train_acc = metric(num_classes, average="micro")
         self.val_acc = metric(num_classes, average="micro")
         self.test_acc = metric(num_classes, average="micro")
-        self._seen: dict[int, int] = {}  # per dataloader: samples this process drew in this loop
+        self._padding = PaddingTracker()
 
     def on_train_epoch_start(self) -> None:
         # Lightning keeps sub-module modes as it finds them; a loaded model may sit in eval mode.
@@ -56,10 +56,10 @@ class Classifier(pl.LightningModule):
         return self.model(x)
 
     def on_validation_epoch_start(self) -> None:
-        self._seen = {}
+        self._padding.reset()
 
     def on_test_epoch_start(self) -> None:
-        self._seen = {}
+        self._padding.reset()
 
     def _real(self, stage: str, dataloader_idx: int, n: int, device: torch.device) -> torch.Tensor | None:
         """Mask of this batch's real samples (None: all real) under a padded ``DistributedSampler``."""
@@ -67,9 +67,7 @@ class Classifier(pl.LightningModule):
             return None
         loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
         loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
-        seen = self._seen.get(dataloader_idx, 0)
-        self._seen[dataloader_idx] = seen + n
-        return padding_mask(loader_sampler(loader), seen, n, device=device)
+        return self._padding.mask(loader, dataloader_idx, n, device)
 
     def _step(self, batch: Any, stage: str, metric: torchmetrics.Metric, dataloader_idx: int = 0) -> torch.Tensor:
         x, y = batch[0], batch[1]

@@ -14,11 +14,11 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
-from ..distributed import SPAWNING_STRATEGIES, loader_sampler, padding_mask
+from ..distributed import SPAWNING_STRATEGIES, PaddingTracker, padding_mask  # noqa: F401 (padding_mask: re-export)
 from ..similarity.functional import check_estimator
 from ..similarity.stream import MIN_BATCH, ActivationStream
 from ..taps import check_layer_list
-from .partition import METHODS, validate_threshold
+from .partition import check_method, validate_threshold
 from .semantic import SemanticArchitecture
 
 __all__ = ["CKACallback", "padding_mask", "STAGES"]
@@ -70,9 +70,7 @@ class CKACallback(pl.Callback):
             raise TypeError(f"model_attr must be the name of an attribute of your LightningModule, got {model_attr!r}")
         self.layers = list(layers) if layers is not None else None
         self.threshold = validate_threshold(threshold)
-        if method not in METHODS:
-            raise ValueError(f"unknown partition method {method!r}; choose one of {sorted(METHODS)}")
-        self.method = method
+        self.method = check_method(method)
         self.estimator = check_estimator(estimator)
         stages = (stages,) if isinstance(stages, str) else tuple(stages)
         unknown = [s for s in stages if s not in STAGES]
@@ -88,7 +86,7 @@ class CKACallback(pl.Callback):
         self.architecture = None
         self.history: list[dict[str, Any]] = []
         self._stream: ActivationStream | None = None
-        self._seen: dict[int, int] = {}  # per dataloader: samples this rank drew this epoch
+        self._padding = PaddingTracker()
 
     # -- state for resumption ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -106,17 +104,14 @@ class CKACallback(pl.Callback):
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stream = ActivationStream(_unwrap(pl_module, self.model_attr), self.layers, self.estimator)
         self._stream.to(pl_module.device).__enter__()
-        self._seen = {}
+        self._padding.reset()
 
     def _batch(self, trainer: pl.Trainer, batch: Any, dataloader: Any, dataloader_idx: int) -> None:
         if self._stream is None:
             return
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         n = int(x.shape[0])
-        seen = self._seen.get(dataloader_idx, 0)
-        keep = padding_mask(loader_sampler(dataloader), seen, n, device=x.device)
-        self._seen[dataloader_idx] = seen + n
-        self._stream.update(keep)
+        self._stream.update(self._padding.mask(dataloader, dataloader_idx, n, x.device))
 
     def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         stream, self._stream = self._stream, None
@@ -173,6 +168,7 @@ class CKACallback(pl.Callback):
                 f"method {method!r}: the loops run in worker processes and the architecture would stay there. "
                 "Use strategy='ddp' (one process per device, launched like the calling script)."
             )
+
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._active(trainer, "validate"):
             self._start(trainer, pl_module)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 __all__ = ["partition", "METHODS", "module_similarity", "eq4_objective", "validate_similarity", "validate_threshold",
-           "threshold_sweep"]
+           "threshold_sweep", "check_method"]
 
 
 def validate_threshold(threshold: float) -> float:
@@ -140,9 +140,14 @@ def partition(similarity, threshold: float = 0.99, method: str = "progressive") 
     """Split layers 0..n-1 into consecutive modules (lists of layer indices)."""
     th = validate_threshold(threshold)
     sim = validate_similarity(similarity)
+    return METHODS[check_method(method)](sim, th)
+
+
+def check_method(method: str) -> str:
+    """Return ``method`` if it is a partition rule, else raise ValueError listing them."""
     if method not in METHODS:
         raise ValueError(f"unknown partition method {method!r}; choose one of {sorted(METHODS)}")
-    return METHODS[method](sim, th)
+    return method
 
 
 def threshold_sweep(spec: Any) -> list[float]:

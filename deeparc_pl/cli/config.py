@@ -185,15 +185,15 @@ def _check_value(key: str, value: Any, default: Any) -> None:
 
 def build_config(command: str, config_path: str | None = None, overrides: Sequence[str] = ()) -> DictConfig:
     """Defaults for ``command`` < recipe file < dotlist overrides, checked key by key (module doc)."""
-    keys = keys_for(command)
+    keys, every = keys_for(command), _all_keys()
     layers: list[Any] = [OmegaConf.create(_nest({k: v for k, (v, _) in keys.items()}))]
     if config_path:
         path = Path(config_path)
         recipe = _load_recipe(path)
-        _check_known(recipe, _all_keys(), f"recipe {path}", "No command declares it; see `deeparc COMMAND --help`.")
+        _check_known(recipe, every, f"recipe {path}", "No command declares it; see `deeparc COMMAND --help`.")
         layers.append(OmegaConf.create(recipe))
     dot = _parse_overrides(overrides)
-    _check_known(dot, _all_keys(), "the command line", f"See `deeparc {command} --help` for the keys it takes.")
+    _check_known(dot, every, "the command line", f"See `deeparc {command} --help` for the keys it takes.")
     foreign = _unknown(dot, keys)
     if foreign:
         warnings.warn(f"`deeparc {command}` does not use {foreign} (keys of other commands): ignored", stacklevel=2)

@@ -69,8 +69,6 @@ def obtain_model(cfg: DictConfig, dm: Any, overwrite: bool = False):
         model, _ = make_model(cfg, dm)
         return model
     path = demo_checkpoint(cfg)
-    if is_primary():
-        refuse_existing([path], overwrite, "pass model.weights=<it> to use it, or --overwrite to replace it")
     if not cfg.model.name:
         cfg.model.name = DEFAULT_MODEL
     model, _ = make_model(cfg, dm)
@@ -105,12 +103,11 @@ def cka_loader(cfg: DictConfig, dm: Any) -> DataLoader:
 
 def check(cfg: DictConfig) -> None:
     """Refuse bad settings before any training or forward pass."""
-    from ..architecture.partition import METHODS, validate_threshold
+    from ..architecture.partition import check_method, validate_threshold
     from ..similarity.functional import check_estimator
 
     validate_threshold(cfg.threshold)
-    if str(cfg.method) not in METHODS:
-        raise ValueError(f"unknown partition method {cfg.method!r}; choose one of {sorted(METHODS)}")
+    check_method(str(cfg.method))
     check_estimator(str(cfg.cka.estimator))
     for th in parse_sweep(plain(cfg.get("thresholds"))):
         validate_threshold(th)

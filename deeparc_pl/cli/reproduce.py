@@ -11,6 +11,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from .modularize import KEYS as MODULARIZE_KEYS
+
 __all__ = ["run", "KEYS", "HELP", "POSITIONAL", "RQS"]
 
 HELP = "reproduce a research question of the paper: rq1, rq2, rq3, rq4"
@@ -29,7 +31,7 @@ KEYS: dict[str, tuple[Any, str]] = {
     "cka.passes": (1, "shuffled passes over the CKA samples (authors: 10)"),
     "cka.split": ("test", "split feeding the CKA: test, train or val"),
     "cka.samples": (1000, "first N samples of that split (None: all)"),
-    "cka.channels_last": (None, "channels-last copy of a conv model for the CKA passes (default: on CPU; false: as given)"),
+    "cka.channels_last": MODULARIZE_KEYS["cka.channels_last"],
     "train.optimizer": ("sgd", "sgd (momentum, cosine decay) or adam"),
     "train.lr": (0.05, "learning rate"),
     "train.momentum": (0.9, "SGD momentum"),

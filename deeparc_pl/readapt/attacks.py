@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from deeparc_pl.fileio import atomic_write
-from deeparc_pl.readapt.evaluate import Data, as_tensors, check_samples
+from deeparc_pl.readapt.evaluate import Data, as_tensors, check_samples, output_classes
 
 __all__ = ["AdversarialSet", "generate", "METHODS", "default_params"]
 
@@ -235,11 +235,8 @@ def generate(
 
     net = copy.deepcopy(model).eval()
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
-    with torch.no_grad():
-        out = net(x[:1].to(device))
-    if out.ndim != 2:
-        raise ValueError(f"model must return logits of shape (batch, classes), got shape {tuple(out.shape)}")
-    check_samples(x, y, "the data to attack", int(out.shape[1]))
+    classes = output_classes(net, x)
+    check_samples(x, y, "the data to attack", classes)
 
     from art.estimators.classification import PyTorchClassifier
 
@@ -247,7 +244,7 @@ def generate(
         model=net,
         loss=nn.CrossEntropyLoss(),
         input_shape=tuple(x.shape[1:]),
-        nb_classes=int(out.shape[1]),
+        nb_classes=classes,
         clip_values=clip,
         device_type="gpu" if device.type == "cuda" else "cpu",
     )

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..modes import evaluating
 
-__all__ = ["as_tensors", "check_samples", "output_classes", "accuracy", "predict"]
+__all__ = ["as_tensors", "check_samples", "check_sets", "output_classes", "accuracy", "predict"]
 
 Data = Union[Dataset, DataLoader, Sequence[Tensor]]
 
@@ -104,6 +104,13 @@ def check_samples(x: Tensor, y: Tensor, what: str = "the data", num_classes: int
             limit = f"in 0 .. {num_classes - 1}" if num_classes is not None else "(>= 0)"
             raise ValueError(f"{what}: labels must be class indices {limit}, got values from {lo} to {hi}")
     return x, y
+
+
+def check_sets(model: nn.Module, x_ref: Tensor, y_ref: Tensor, x_tgt: Tensor, y_tgt: Tensor) -> None:
+    """:func:`check_samples` on the reference set D and the target set D', against ``model``'s classes."""
+    classes = output_classes(model, x_ref)
+    check_samples(x_ref, y_ref, "the reference set D", classes)
+    check_samples(x_tgt, y_tgt, "the target set D'", classes)
 
 
 def _collate(items: Iterable[Any]) -> tuple[Tensor, Tensor]:

@@ -29,7 +29,7 @@ from ..modes import evaluating
 from ..architecture.semantic import SemanticArchitecture
 from ..taps import LayerNameError, LayerTaps
 from .deviation import GaussianReference, flatten
-from .evaluate import as_tensors, check_samples, output_classes
+from .evaluate import as_tensors, check_sets
 
 __all__ = ["locate", "module_deviations", "module_outputs", "MODES", "RANKINGS"]
 
@@ -97,9 +97,7 @@ def module_deviations(
         x_tgt, y_tgt = as_tensors(target, limit=limit)
     except ValueError as exc:
         raise ValueError(f"the target set D' is empty or invalid: {exc}") from None
-    classes = output_classes(model, x_ref)
-    check_samples(x_ref, y_ref, "the reference set D", classes)
-    check_samples(x_tgt, y_tgt, "the target set D'", classes)
+    check_sets(model, x_ref, y_ref, x_tgt, y_tgt)
     outputs = [m[-1] for m in architecture.modules]
     ref_feats, ref_pred = module_outputs(model if reference_model is None else reference_model, outputs, x_ref, batch_size)
     tgt_feats, _ = module_outputs(model, outputs, x_tgt, batch_size)

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..architecture.semantic import SemanticArchitecture
 from ..taps import LayerTaps
 from .deviation import GaussianReference, cka_deviation, flatten, mse_deviation
-from .evaluate import as_tensors, check_samples, output_classes
+from .evaluate import as_tensors, check_sets
 from .freezing import ModuleSpan, freeze_outside, module_span, set_frozen_eval, trace_model
 from .locate import module_outputs
 from .prefix_cache import PrefixCache, build_prefix_cache
@@ -112,9 +112,7 @@ class ReadaptTask(pl.LightningModule):
         x_ref, y_ref = _as_pair(reference, "the reference set D")
         x_tgt, y_tgt = _as_pair(target, "the target set D'")
         x_ref, x_tgt = x_ref.float(), x_tgt.float()  # training runs in float32 (uint8/half/double inputs too)
-        classes = output_classes(model, x_ref)
-        check_samples(x_ref, y_ref, "the reference set D", classes)
-        check_samples(x_tgt, y_tgt, "the target set D'", classes)
+        check_sets(model, x_ref, y_ref, x_tgt, y_tgt)
         y_ref, y_tgt = y_ref.long(), y_tgt.long()
         if self.paired and len(x_ref) != len(x_tgt):
             raise ValueError(
